@@ -1,0 +1,155 @@
+/* _jobobject.c: the pgjob._jobobject extension module: method table, constants, init.
+ * The syscall wrappers live one API family per file in src/jobobject/; see jobobject.h. */
+#include "jobobject.h"
+
+static PyMethodDef jobobject_methods[] = {
+#ifdef MS_WINDOWS
+    /* win_job.c */
+    {"CreateJobObject", win_CreateJobObject, METH_VARARGS,
+     "CreateJobObject(name: str | None) -> int: a new, non-inheritable job handle."},
+    {"CloseHandle", win_CloseHandle, METH_VARARGS, "CloseHandle(handle: int) -> None"},
+    {"SetJobExtendedLimits", win_SetJobExtendedLimits, METH_VARARGS,
+     "SetJobExtendedLimits(job, limit_flags, process_memory, job_memory, active_processes) -> None"},
+    {"QueryJobExtendedLimits", win_QueryJobExtendedLimits, METH_VARARGS,
+     "QueryJobExtendedLimits(job) -> (limit_flags, process_memory, job_memory, active_processes,"
+     " peak_process_memory, peak_job_memory)"},
+    {"SetJobCpuRate", win_SetJobCpuRate, METH_VARARGS,
+     "SetJobCpuRate(job, control_flags, cpu_rate) -> None (cpu_rate in 1/100 of a percent)"},
+    {"AssignProcessToJobObject", win_AssignProcessToJobObject, METH_VARARGS,
+     "AssignProcessToJobObject(job, process_handle) -> None"},
+    {"IsProcessInJob", win_IsProcessInJob, METH_VARARGS,
+     "IsProcessInJob(process_handle, job_or_0) -> bool (0 asks: in any job?)"},
+    {"TerminateJobObject", win_TerminateJobObject, METH_VARARGS,
+     "TerminateJobObject(job, exit_code) -> None"},
+    {"QueryJobProcessIdList", win_QueryJobProcessIdList, METH_VARARGS,
+     "QueryJobProcessIdList(job) -> list[int]"},
+    {"QueryJobAccounting", win_QueryJobAccounting, METH_VARARGS,
+     "QueryJobAccounting(job) -> (total_processes, active_processes, terminated_processes,"
+     " user_time_100ns, kernel_time_100ns, read_bytes, write_bytes)"},
+    {"GetProcessHandleCount", win_GetProcessHandleCount, METH_VARARGS,
+     "GetProcessHandleCount(process_handle) -> int"},
+    {"WineVersion", win_WineVersion, METH_NOARGS,
+     "WineVersion() -> str | None: ntdll!wine_get_version(), None on real Windows."},
+    /* win_port.c */
+    {"CreateIoCompletionPort", win_CreateIoCompletionPort, METH_NOARGS,
+     "CreateIoCompletionPort() -> int: a new completion port handle."},
+    {"AssociateJobCompletionPort", win_AssociateJobCompletionPort, METH_VARARGS,
+     "AssociateJobCompletionPort(job, port, key) -> None"},
+    {"GetQueuedCompletionStatus", win_GetQueuedCompletionStatus, METH_VARARGS,
+     "GetQueuedCompletionStatus(port, timeout_ms) -> (message, key, value) | None on timeout"},
+    /* win_spawn.c */
+    {"CreateProcessInJob", win_CreateProcessInJob, METH_VARARGS,
+     "CreateProcessInJob(application_name, command_line, inherit_handles, creation_flags,\n"
+     "    environment_block, current_directory, startup_flags, show_window,\n"
+     "    std_input, std_output, std_error, handle_list, job, use_job_list)\n"
+     "-> (process_handle, thread_handle, pid, tid, path)\n\n"
+     "The child is a member of `job` before its first instruction runs; `path` is 'job_list'\n"
+     "or 'suspended'. It stays suspended only if creation_flags has CREATE_SUSPENDED."},
+    {"ResumeThread", win_ResumeThread, METH_VARARGS,
+     "ResumeThread(thread_handle) -> int: the previous suspend count."},
+    {"JobListSupported", win_JobListSupported, METH_NOARGS,
+     "JobListSupported() -> bool: does UpdateProcThreadAttribute accept PROC_THREAD_ATTRIBUTE_JOB_LIST?"},
+#endif
+#ifdef __linux__
+    /* (Linux methods go here) */
+#endif
+    {NULL, NULL, 0, NULL},
+};
+
+#define ADD_INT(name)                                                    \
+    do {                                                                 \
+        if (PyModule_AddIntConstant(module, #name, (long)(name)) < 0)    \
+            return -1;                                                   \
+    } while (0)
+
+static int
+jobobject_exec(PyObject *module)
+{
+    pgjob_trace_init();
+    if (PyModule_AddIntConstant(module, "TRACE", pgjob_trace_enabled) < 0)
+        return -1;
+#ifdef MS_WINDOWS
+    if (PyModule_AddStringConstant(module, "PLATFORM", "windows") < 0)
+        return -1;
+    /* Basic/extended limit flags */
+    ADD_INT(JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE);
+    ADD_INT(JOB_OBJECT_LIMIT_BREAKAWAY_OK);
+    ADD_INT(JOB_OBJECT_LIMIT_SILENT_BREAKAWAY_OK);
+    ADD_INT(JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION);
+    ADD_INT(JOB_OBJECT_LIMIT_ACTIVE_PROCESS);
+    ADD_INT(JOB_OBJECT_LIMIT_JOB_MEMORY);
+    ADD_INT(JOB_OBJECT_LIMIT_PROCESS_MEMORY);
+    /* CPU rate control */
+    ADD_INT(JOB_OBJECT_CPU_RATE_CONTROL_ENABLE);
+    ADD_INT(JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP);
+    /* Completion-port messages */
+    ADD_INT(JOB_OBJECT_MSG_END_OF_JOB_TIME);
+    ADD_INT(JOB_OBJECT_MSG_END_OF_PROCESS_TIME);
+    ADD_INT(JOB_OBJECT_MSG_ACTIVE_PROCESS_LIMIT);
+    ADD_INT(JOB_OBJECT_MSG_ACTIVE_PROCESS_ZERO);
+    ADD_INT(JOB_OBJECT_MSG_NEW_PROCESS);
+    ADD_INT(JOB_OBJECT_MSG_EXIT_PROCESS);
+    ADD_INT(JOB_OBJECT_MSG_ABNORMAL_EXIT_PROCESS);
+    ADD_INT(JOB_OBJECT_MSG_PROCESS_MEMORY_LIMIT);
+    ADD_INT(JOB_OBJECT_MSG_JOB_MEMORY_LIMIT);
+    /* Creation flags the Python layer reasons about */
+    ADD_INT(CREATE_SUSPENDED);
+    ADD_INT(CREATE_BREAKAWAY_FROM_JOB);
+    ADD_INT(CREATE_NEW_PROCESS_GROUP);
+    /* Error codes pgjob._errors.classify() maps to exception classes */
+    ADD_INT(ERROR_ACCESS_DENIED);
+    ADD_INT(ERROR_INVALID_HANDLE);
+    ADD_INT(ERROR_INVALID_PARAMETER);
+    ADD_INT(ERROR_NOT_SUPPORTED);
+    ADD_INT(ERROR_CALL_NOT_IMPLEMENTED);
+    ADD_INT(ERROR_INVALID_FUNCTION);
+    ADD_INT(ERROR_ALREADY_EXISTS);
+    ADD_INT(ERROR_NOT_ENOUGH_QUOTA);
+    ADD_INT(ERROR_FILE_NOT_FOUND);
+    ADD_INT(ERROR_PATH_NOT_FOUND);
+    ADD_INT(ERROR_BAD_EXE_FORMAT);
+    ADD_INT(STILL_ACTIVE);
+    ADD_INT(WAIT_TIMEOUT);
+#endif
+#ifdef __linux__
+    if (PyModule_AddStringConstant(module, "PLATFORM", "linux") < 0)
+        return -1;
+    /* (Linux constants go here) */
+#endif
+#if !defined(MS_WINDOWS) && !defined(__linux__)
+    if (PyModule_AddStringConstant(module, "PLATFORM", "other") < 0)
+        return -1;
+#endif
+    return 0;
+}
+
+static PyModuleDef_Slot jobobject_slots[] = {
+    {Py_mod_exec, (void *)jobobject_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    /* No module-level mutable state: each interpreter can load its own copy. */
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    /* Every wrapper works on its arguments only; nothing relies on the GIL for safety. */
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef jobobject_module = {
+    PyModuleDef_HEAD_INIT,
+    "pgjob._jobobject",
+    "pgjob's C core: thin wrappers over the OS calls that keep a process tree together.",
+    0,
+    jobobject_methods,
+    jobobject_slots,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__jobobject(void)
+{
+    return PyModuleDef_Init(&jobobject_module);
+}

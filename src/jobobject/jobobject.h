@@ -1,0 +1,76 @@
+/* jobobject.h: the one internal header of pgjob's C core.
+ * Declares the syscall wrappers each src/jobobject/<os>_<family>.c file defines, and the
+ * shared error/trace helpers; src/_jobobject.c turns them into the module's method table. */
+#ifndef PGJOB_JOBOBJECT_H
+#define PGJOB_JOBOBJECT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#ifdef MS_WINDOWS
+#  ifndef WIN32_LEAN_AND_MEAN
+#    define WIN32_LEAN_AND_MEAN
+#  endif
+#  include <windows.h>
+#endif
+
+/* ---- common_errors.c: the only way C reports failure (always OSError) ---- */
+
+/* Set OSError for a failed syscall: message "<syscall> failed: <system text>".
+ * On Windows `code` is a winerror (kept as .winerror, mapped to .errno by OSError);
+ * elsewhere it is an errno. Returns NULL so callers can `return pgjob_oserror(...)`. */
+PyObject *pgjob_oserror(const char *syscall, unsigned long code);
+#ifdef MS_WINDOWS
+#  define pgjob_last_error(syscall) pgjob_oserror((syscall), GetLastError())
+#else
+#  include <errno.h>
+#  define pgjob_last_error(syscall) pgjob_oserror((syscall), (unsigned long)errno)
+#endif
+
+/* ---- common_trace.c: C-side tracing, switched on by PGJOB_DEBUG=1 ---- */
+extern int pgjob_trace_enabled;
+void pgjob_trace_init(void);
+void pgjob_trace(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+#define PGJOB_TRACE(...) do { if (pgjob_trace_enabled) pgjob_trace(__VA_ARGS__); } while (0)
+
+/* Handles cross into Python as plain ints, like _winapi does. */
+#ifdef MS_WINDOWS
+#  define PGJOB_HANDLE_FMT "K"   /* unsigned long long, wide enough for HANDLE on win64 and win32 */
+#  define PGJOB_H(v) ((HANDLE)(uintptr_t)(v))
+#  define PGJOB_FROM_H(h) PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)(h))
+
+/* ---- win_job.c: Job Object lifecycle, limits, membership, accounting ---- */
+PyObject *win_CreateJobObject(PyObject *self, PyObject *args);
+PyObject *win_CloseHandle(PyObject *self, PyObject *args);
+PyObject *win_SetJobExtendedLimits(PyObject *self, PyObject *args);
+PyObject *win_QueryJobExtendedLimits(PyObject *self, PyObject *args);
+PyObject *win_SetJobCpuRate(PyObject *self, PyObject *args);
+PyObject *win_AssignProcessToJobObject(PyObject *self, PyObject *args);
+PyObject *win_IsProcessInJob(PyObject *self, PyObject *args);
+PyObject *win_TerminateJobObject(PyObject *self, PyObject *args);
+PyObject *win_QueryJobProcessIdList(PyObject *self, PyObject *args);
+PyObject *win_QueryJobAccounting(PyObject *self, PyObject *args);
+PyObject *win_GetProcessHandleCount(PyObject *self, PyObject *args);
+PyObject *win_WineVersion(PyObject *self, PyObject *args);
+
+/* ---- win_port.c: completion-port notifications ---- */
+PyObject *win_CreateIoCompletionPort(PyObject *self, PyObject *args);
+PyObject *win_AssociateJobCompletionPort(PyObject *self, PyObject *args);
+PyObject *win_GetQueuedCompletionStatus(PyObject *self, PyObject *args);
+
+/* ---- win_spawn.c: CreateProcessW of a child that is a job member from its first instruction ---- */
+PyObject *win_CreateProcessInJob(PyObject *self, PyObject *args);
+PyObject *win_JobListSupported(PyObject *self, PyObject *args);
+PyObject *win_ResumeThread(PyObject *self, PyObject *args);
+#endif /* MS_WINDOWS */
+
+#ifdef __linux__
+/* ---- linux_*.c: PID-namespace spawn and procfs/pidfd membership ---- */
+/* (Linux declarations go here) */
+#endif /* __linux__ */
+
+#endif /* PGJOB_JOBOBJECT_H */

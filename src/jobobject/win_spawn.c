@@ -1,0 +1,293 @@
+/* win_spawn.c: CreateProcessW of a child that is a job member before its first instruction runs.
+ * Mirrors _winapi.CreateProcess's arguments (as plain values) so subprocess.Popen can drive it. */
+#include "jobobject.h"
+
+#ifndef PROC_THREAD_ATTRIBUTE_JOB_LIST
+/* ProcThreadAttributeValue(ProcThreadAttributeJobList = 13, FALSE, TRUE, FALSE); older SDK
+ * and MinGW headers lack the name, the value is fixed ABI. */
+#  define PROC_THREAD_ATTRIBUTE_JOB_LIST 0x2000D
+#endif
+
+/* Build an attribute list carrying the handle list and/or the job list; NULL with an
+ * exception set on failure, or with *count == 0 when none is needed. */
+static LPPROC_THREAD_ATTRIBUTE_LIST
+make_attribute_list(HANDLE *handles, DWORD n_handles, HANDLE *job, DWORD *count)
+{
+    LPPROC_THREAD_ATTRIBUTE_LIST attrs;
+    SIZE_T size = 0;
+
+    *count = (n_handles > 0 ? 1 : 0) + (job != NULL ? 1 : 0);
+    if (*count == 0)
+        return NULL;
+    /* The sizing call always "fails" with ERROR_INSUFFICIENT_BUFFER. */
+    InitializeProcThreadAttributeList(NULL, *count, 0, &size);
+    attrs = (LPPROC_THREAD_ATTRIBUTE_LIST)PyMem_Malloc(size);
+    if (attrs == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (!InitializeProcThreadAttributeList(attrs, *count, 0, &size)) {
+        PyMem_Free(attrs);
+        pgjob_last_error("InitializeProcThreadAttributeList");
+        return NULL;
+    }
+    if (n_handles > 0 &&
+        !UpdateProcThreadAttribute(attrs, 0, PROC_THREAD_ATTRIBUTE_HANDLE_LIST, handles,
+                                   n_handles * sizeof(HANDLE), NULL, NULL)) {
+        DeleteProcThreadAttributeList(attrs);
+        PyMem_Free(attrs);
+        pgjob_last_error("UpdateProcThreadAttribute(PROC_THREAD_ATTRIBUTE_HANDLE_LIST)");
+        return NULL;
+    }
+    if (job != NULL &&
+        !UpdateProcThreadAttribute(attrs, 0, PROC_THREAD_ATTRIBUTE_JOB_LIST, job, sizeof(HANDLE),
+                                   NULL, NULL)) {
+        DeleteProcThreadAttributeList(attrs);
+        PyMem_Free(attrs);
+        pgjob_last_error("UpdateProcThreadAttribute(PROC_THREAD_ATTRIBUTE_JOB_LIST)");
+        return NULL;
+    }
+    return attrs;
+}
+
+static void
+free_attribute_list(LPPROC_THREAD_ATTRIBUTE_LIST attrs)
+{
+    if (attrs != NULL) {
+        DeleteProcThreadAttributeList(attrs);
+        PyMem_Free(attrs);
+    }
+}
+
+/* Read a Python list of handle ints into a PyMem array. */
+static int
+read_handle_list(PyObject *seq, HANDLE **out, DWORD *n_out)
+{
+    Py_ssize_t n, i;
+
+    *out = NULL;
+    *n_out = 0;
+    if (seq == Py_None)
+        return 0;
+    if (!PyList_Check(seq)) {
+        PyErr_SetString(PyExc_TypeError, "handle_list must be a list of ints or None");
+        return -1;
+    }
+    n = PyList_Size(seq);
+    if (n == 0)
+        return 0;
+    *out = PyMem_New(HANDLE, n);
+    if (*out == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned long long v = PyLong_AsUnsignedLongLong(PyList_GetItem(seq, i));
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyMem_Free(*out);
+            *out = NULL;
+            return -1;
+        }
+        (*out)[i] = PGJOB_H(v);
+    }
+    *n_out = (DWORD)n;
+    return 0;
+}
+
+/* Optional str argument -> PyMem wide string (embedded NULs allowed only where `allow_nul`). */
+static int
+optional_wide(PyObject *obj, const char *what, int allow_nul, wchar_t **out)
+{
+    *out = NULL;
+    if (obj == Py_None)
+        return 0;
+    if (!PyUnicode_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be str or None", what);
+        return -1;
+    }
+    if (allow_nul) {
+        Py_ssize_t size = PyUnicode_AsWideChar(obj, NULL, 0);
+        if (size < 0)
+            return -1;
+        *out = PyMem_New(wchar_t, size);
+        if (*out == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (PyUnicode_AsWideChar(obj, *out, size) < 0) {
+            PyMem_Free(*out);
+            *out = NULL;
+            return -1;
+        }
+        return 0;
+    }
+    {
+        wchar_t *tmp = PyUnicode_AsWideCharString(obj, NULL);
+        Py_ssize_t len;
+        if (tmp == NULL)
+            return -1;
+        /* Copy into PyMem so every buffer here is freed the same way. */
+        len = (Py_ssize_t)wcslen(tmp) + 1;
+        *out = PyMem_New(wchar_t, len);
+        if (*out != NULL)
+            memcpy(*out, tmp, (size_t)len * sizeof(wchar_t));
+        PyMem_Free(tmp);
+        if (*out == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    return 0;
+}
+
+PyObject *
+win_CreateProcessInJob(PyObject *self, PyObject *args)
+{
+    PyObject *app_obj, *cmd_obj, *env_obj, *cwd_obj, *handle_list_obj;
+    int inherit_handles, use_job_list;
+    unsigned long creation_flags, startup_flags;
+    unsigned int show_window;
+    unsigned long long std_input, std_output, std_error, job;
+    wchar_t *app = NULL, *cmd = NULL, *env = NULL, *cwd = NULL;
+    HANDLE *handles = NULL, job_handle;
+    DWORD n_handles = 0, n_attrs = 0, flags, err = 0;
+    LPPROC_THREAD_ATTRIBUTE_LIST attrs = NULL;
+    STARTUPINFOEXW si;
+    PROCESS_INFORMATION pi;
+    BOOL ok, in_job = FALSE;
+    const char *path = "suspended", *failed_call = NULL;
+    PyObject *result = NULL;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args,
+                          "OOpkOOkI" PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT
+                          "O" PGJOB_HANDLE_FMT "p:CreateProcessInJob",
+                          &app_obj, &cmd_obj, &inherit_handles, &creation_flags, &env_obj,
+                          &cwd_obj, &startup_flags, &show_window, &std_input, &std_output,
+                          &std_error, &handle_list_obj, &job, &use_job_list))
+        return NULL;
+    if (!PyUnicode_Check(cmd_obj)) {
+        PyErr_SetString(PyExc_TypeError, "command_line must be str");
+        return NULL;
+    }
+    job_handle = PGJOB_H(job);
+    if (optional_wide(app_obj, "application_name", 0, &app) < 0 ||
+        optional_wide(cmd_obj, "command_line", 0, &cmd) < 0 ||
+        optional_wide(env_obj, "environment_block", 1, &env) < 0 ||
+        optional_wide(cwd_obj, "current_directory", 0, &cwd) < 0 ||
+        read_handle_list(handle_list_obj, &handles, &n_handles) < 0)
+        goto done;
+    attrs = make_attribute_list(handles, n_handles, use_job_list ? &job_handle : NULL, &n_attrs);
+    if (attrs == NULL && PyErr_Occurred())
+        goto done;
+
+    ZeroMemory(&si, sizeof(si));
+    si.StartupInfo.cb = attrs != NULL ? sizeof(si) : sizeof(si.StartupInfo);
+    si.StartupInfo.dwFlags = (DWORD)startup_flags;
+    si.StartupInfo.wShowWindow = (WORD)show_window;
+    si.StartupInfo.hStdInput = PGJOB_H(std_input);
+    si.StartupInfo.hStdOutput = PGJOB_H(std_output);
+    si.StartupInfo.hStdError = PGJOB_H(std_error);
+    ZeroMemory(&pi, sizeof(pi));
+
+    /* Always born suspended: even with JOB_LIST we verify membership before the child runs,
+     * because an implementation may accept the attribute and ignore it. */
+    flags = (DWORD)creation_flags | CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT |
+            (attrs != NULL ? EXTENDED_STARTUPINFO_PRESENT : 0);
+
+    Py_BEGIN_ALLOW_THREADS
+    ok = CreateProcessW(app, cmd, NULL, NULL, inherit_handles ? TRUE : FALSE, flags, env, cwd,
+                        &si.StartupInfo, &pi);
+    if (!ok) {
+        err = GetLastError();
+        failed_call = "CreateProcessW";
+    } else {
+        if (use_job_list && !IsProcessInJob(pi.hProcess, job_handle, &in_job))
+            in_job = FALSE;
+        if (in_job) {
+            path = "job_list";
+        } else {
+            path = "suspended";
+            if (!AssignProcessToJobObject(job_handle, pi.hProcess)) {
+                err = GetLastError();
+                failed_call = "AssignProcessToJobObject";
+            }
+        }
+        if (failed_call == NULL && !(creation_flags & CREATE_SUSPENDED) &&
+            ResumeThread(pi.hThread) == (DWORD)-1) {
+            err = GetLastError();
+            failed_call = "ResumeThread";
+        }
+        if (failed_call != NULL) {
+            /* Never leave a half-born child behind: a suspended process outside the job would
+             * be an orphan that can't even notice its parent died. */
+            TerminateProcess(pi.hProcess, 1);
+            WaitForSingleObject(pi.hProcess, 5000);
+            CloseHandle(pi.hThread);
+            CloseHandle(pi.hProcess);
+        }
+    }
+    Py_END_ALLOW_THREADS
+
+    if (failed_call != NULL) {
+        pgjob_oserror(failed_call, err);
+        goto done;
+    }
+    PGJOB_TRACE("CreateProcessW pid=%lu via %s%s", (unsigned long)pi.dwProcessId, path,
+                (creation_flags & CREATE_SUSPENDED) ? " (left suspended)" : ", resumed");
+    result = Py_BuildValue("(KKkks)", (unsigned long long)(uintptr_t)pi.hProcess,
+                           (unsigned long long)(uintptr_t)pi.hThread,
+                           (unsigned long)pi.dwProcessId, (unsigned long)pi.dwThreadId, path);
+    if (result == NULL) {
+        /* Can't hand the handles to Python: don't leak a running, unowned child's handles. */
+        CloseHandle(pi.hThread);
+        CloseHandle(pi.hProcess);
+    }
+
+done:
+    free_attribute_list(attrs);
+    PyMem_Free(handles);
+    PyMem_Free(app);
+    PyMem_Free(cmd);
+    PyMem_Free(env);
+    PyMem_Free(cwd);
+    return result;
+}
+
+PyObject *
+win_JobListSupported(PyObject *self, PyObject *unused)
+{
+    HANDLE probe = INVALID_HANDLE_VALUE;
+    LPPROC_THREAD_ATTRIBUTE_LIST attrs;
+    DWORD count;
+
+    (void)self;
+    (void)unused;
+    attrs = make_attribute_list(NULL, 0, &probe, &count);
+    if (attrs == NULL) {
+        /* Windows before 10 rejects the attribute id; that is an answer, not an error. */
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    free_attribute_list(attrs);
+    Py_RETURN_TRUE;
+}
+
+PyObject *
+win_ResumeThread(PyObject *self, PyObject *args)
+{
+    unsigned long long thread;
+    DWORD previous;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT ":ResumeThread", &thread))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    previous = ResumeThread(PGJOB_H(thread));
+    Py_END_ALLOW_THREADS
+    if (previous == (DWORD)-1)
+        return pgjob_last_error("ResumeThread");
+    PGJOB_TRACE("ResumeThread(%p): suspend count was %lu", (void *)PGJOB_H(thread),
+                (unsigned long)previous);
+    return PyLong_FromUnsignedLong(previous);
+}

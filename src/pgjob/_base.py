@@ -1,0 +1,176 @@
+"""The internal interface every OS backend implements, and the plain data types the public API returns.
+
+pgjob.Job (in _job.py) owns the policy: argument checking, logging, the closed state, error
+classification at the boundary. A backend (_windows.py, _linux.py, _unprotected.py) owns one
+OS object and does what the OS offers; it raises OSError from the C layer or pgjob errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import numbers
+from typing import Optional, Tuple
+
+__all__ = ["JobOptions", "JobStats", "JobEvent", "EventKind", "JobBackend", "ProcessHandle"]
+
+MECHANISMS = ("job_object", "pid_namespace", "pdeathsig", "none")
+
+
+class ProcessHandle(int):
+    """Marks an int as an OS process handle (Windows) rather than a pid, for Job.assign()."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"ProcessHandle({int(self)})"
+
+
+def _positive_int(name: str, value: object, *, allow_none: bool = True) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int or None, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    if value >= 2**63:
+        raise ValueError(f"{name} is too large: {value}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """Validated Job(...) arguments. Bad types raise TypeError, bad values ValueError."""
+
+    kill_on_close: bool = True
+    name: Optional[str] = None
+    breakaway: bool = False
+    silent_breakaway: bool = False
+    die_on_unhandled_exception: bool = False
+    memory_limit: Optional[int] = None
+    process_memory_limit: Optional[int] = None
+    process_limit: Optional[int] = None
+    cpu_rate: Optional[float] = None
+    on_unavailable: str = "log"
+    mechanism: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        for flag in ("kill_on_close", "breakaway", "silent_breakaway", "die_on_unhandled_exception"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be bool, not {type(getattr(self, flag)).__name__}")
+        if self.name is not None:
+            if not isinstance(self.name, str):
+                raise TypeError(f"name must be str or None, not {type(self.name).__name__}")
+            if "\0" in self.name or "\\" in self.name or not self.name or len(self.name) > 255:
+                raise ValueError("name must be 1-255 characters without NUL or backslash")
+        for field in ("memory_limit", "process_memory_limit", "process_limit"):
+            object.__setattr__(self, field, _positive_int(field, getattr(self, field)))
+        if self.process_limit is not None and self.process_limit > 0xFFFFFFFF:
+            raise ValueError(f"process_limit is too large: {self.process_limit}")
+        if self.cpu_rate is not None:
+            if isinstance(self.cpu_rate, bool) or not isinstance(self.cpu_rate, numbers.Real):
+                raise TypeError(f"cpu_rate must be a number (percent of all CPUs) or None, "
+                                f"not {type(self.cpu_rate).__name__}")
+            rate = float(self.cpu_rate)
+            if not (0.01 <= rate <= 100.0):  # also rejects NaN
+                raise ValueError(f"cpu_rate must be between 0.01 and 100 (percent), got {self.cpu_rate}")
+            object.__setattr__(self, "cpu_rate", rate)
+        if self.on_unavailable not in ("log", "raise"):
+            raise ValueError(f"on_unavailable must be 'log' or 'raise', got {self.on_unavailable!r}")
+        if self.mechanism is not None and self.mechanism not in MECHANISMS:
+            raise ValueError(f"mechanism must be one of {MECHANISMS} or None, got {self.mechanism!r}")
+
+    @property
+    def has_limits(self) -> bool:
+        return any(v is not None for v in (self.memory_limit, self.process_memory_limit,
+                                           self.process_limit, self.cpu_rate))
+
+
+@dataclasses.dataclass(frozen=True)
+class JobStats:
+    """Accounting for a job. Fields an OS can't report are None."""
+
+    active_processes: int
+    total_processes: Optional[int] = None
+    terminated_processes: Optional[int] = None
+    user_time: Optional[float] = None  # seconds, summed over all members ever
+    kernel_time: Optional[float] = None  # seconds
+    peak_process_memory: Optional[int] = None  # bytes
+    peak_job_memory: Optional[int] = None  # bytes
+    read_bytes: Optional[int] = None
+    write_bytes: Optional[int] = None
+
+
+class EventKind(enum.Enum):
+    NEW_PROCESS = "new_process"
+    EXIT_PROCESS = "exit_process"
+    ABNORMAL_EXIT_PROCESS = "abnormal_exit_process"
+    ACTIVE_PROCESS_ZERO = "active_process_zero"
+    ACTIVE_PROCESS_LIMIT = "active_process_limit"
+    PROCESS_MEMORY_LIMIT = "process_memory_limit"
+    JOB_MEMORY_LIMIT = "job_memory_limit"
+    END_OF_JOB_TIME = "end_of_job_time"
+    END_OF_PROCESS_TIME = "end_of_process_time"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobEvent:
+    """One notification about the job. `pid` is None for job-wide events."""
+
+    kind: EventKind
+    pid: Optional[int] = None
+    exit_code: Optional[int] = None
+
+
+class JobBackend:
+    """One OS containment object. All methods may raise OSError (unclassified) or JobError."""
+
+    #: "job_object", "pid_namespace", "pdeathsig" or "none"
+    mechanism: str = "none"
+
+    def execute_child(self, popen, execute_child, args: Tuple) -> None:
+        """Start popen's child as a member, from inside Popen._execute_child.
+
+        `execute_child` is subprocess.Popen._execute_child (unbound); `args` are the
+        arguments Popen passed to it, whatever this Python version's signature is.
+        """
+        raise NotImplementedError
+
+    def assign(self, pid: int, handle: Optional[int]) -> None:
+        """Make a running process (by pid, or by handle on Windows) a member."""
+        raise NotImplementedError
+
+    def assign_current(self) -> None:
+        """Make the current process a member, so that every child it creates from now on is one."""
+        raise NotImplementedError
+
+    def holds_current_process(self) -> bool:
+        """True if closing this job would kill the current process (the owner-in-job trap)."""
+        return False
+
+    def contains(self, pid: int) -> bool:
+        raise NotImplementedError
+
+    def pids(self) -> list:
+        raise NotImplementedError
+
+    def terminate(self, exit_code: int) -> None:
+        raise NotImplementedError
+
+    def stats(self) -> JobStats:
+        raise NotImplementedError
+
+    def next_event(self, timeout: Optional[float]) -> Optional[JobEvent]:
+        """The next event, or None if none came within `timeout` seconds (None: wait forever)."""
+        raise NotImplementedError
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        """Block until no member is left (True) or `timeout` seconds passed (False)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the OS object; with kill_on_close the OS kills what is left. Idempotent."""
+        raise NotImplementedError
+
+    def detach(self) -> Optional[int]:
+        """Give up ownership without closing; return the raw OS handle/fd (None if there is none)."""
+        raise NotImplementedError

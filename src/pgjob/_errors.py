@@ -1,0 +1,125 @@
+"""pgjob's exception classes and the one function that maps an OS error code to them.
+
+Every class is an OSError subclass: code that already catches OSError keeps working, and
+`errno`/`winerror` stay readable. The original OSError is always kept as `__cause__`.
+"""
+from __future__ import annotations
+
+import errno
+import sys
+
+__all__ = [
+    "JobError",
+    "AlreadyInJobError",
+    "ProcessExitedError",
+    "JobClosedError",
+    "UnsupportedError",
+    "LimitExceededError",
+    "classify",
+]
+
+
+class JobError(OSError):
+    """Base class of every pgjob error."""
+
+
+class AlreadyInJobError(JobError):
+    """The process is already in a job (or namespace) that forbids what was asked:
+    nesting, breakaway, or a second assignment."""
+
+
+class ProcessExitedError(JobError):
+    """The target process is gone (exited, or the pid does not exist)."""
+
+
+class JobClosedError(JobError):
+    """The Job was closed or detached; its OS object can no longer be used."""
+
+
+class UnsupportedError(JobError):
+    """The platform, kernel or privileges can't provide the requested feature."""
+
+
+class LimitExceededError(JobError):
+    """A job limit (active processes, memory) refused the operation."""
+
+
+def _windows_table() -> dict[int, type[JobError]]:
+    from . import _jobobject as c
+
+    return {
+        c.ERROR_NOT_SUPPORTED: UnsupportedError,
+        c.ERROR_CALL_NOT_IMPLEMENTED: UnsupportedError,
+        c.ERROR_INVALID_FUNCTION: UnsupportedError,
+        c.ERROR_NOT_ENOUGH_QUOTA: LimitExceededError,
+    }
+
+
+_POSIX_TABLE: dict[int, type[JobError]] = {
+    errno.ESRCH: ProcessExitedError,
+    errno.ENOSYS: UnsupportedError,
+    errno.EOPNOTSUPP: UnsupportedError,
+}
+
+
+def classify(exc: OSError, operation: str, *, target_exited: bool = False) -> OSError:
+    """Map an OSError raised by pgjob._jobobject to the pgjob class it means.
+
+    `operation` is what pgjob was doing ("create", "assign", "assign_current", "spawn",
+    "query", "terminate", ...): the same code means different things in different places
+    (ERROR_ACCESS_DENIED from AssignProcessToJobObject means "already in a job that forbids
+    nesting"; from CreateProcess it is a plain PermissionError). `target_exited` is set by the
+    backend when it has checked that the target process is gone: Windows reports that as
+    ACCESS_DENIED too. Errors that aren't about jobs (a missing executable while spawning)
+    are returned unchanged, so Popen callers still see FileNotFoundError and friends.
+    """
+    if isinstance(exc, JobError):
+        return exc
+    cls = _class_for(exc, operation, target_exited)
+    if cls is None:
+        return exc
+    syscall = getattr(exc, "syscall", None)
+    message = exc.strerror or str(exc)
+    if syscall and syscall not in message:
+        message = f"{syscall} failed: {message}"
+    if sys.platform == "win32" and getattr(exc, "winerror", None) is not None:
+        new = cls(exc.errno, message, None, exc.winerror)
+    else:
+        new = cls(exc.errno, message)
+    new.syscall = syscall  # type: ignore[attr-defined]
+    new.__cause__ = exc
+    return new
+
+
+def _class_for(exc: OSError, operation: str, target_exited: bool) -> type[JobError] | None:
+    if target_exited:
+        return ProcessExitedError
+    winerror = getattr(exc, "winerror", None)
+    if sys.platform == "win32" and winerror is not None:
+        from . import _jobobject as c
+
+        if winerror == c.ERROR_ACCESS_DENIED and operation in ("assign", "assign_current"):
+            return AlreadyInJobError
+        if winerror == c.ERROR_INVALID_PARAMETER and operation in ("open_process", "assign"):
+            # OpenProcess says INVALID_PARAMETER for a pid that does not exist (any more).
+            return ProcessExitedError
+        if winerror == c.ERROR_INVALID_HANDLE and operation not in ("spawn", "open_process"):
+            return JobClosedError
+        if operation == "spawn" and getattr(exc, "syscall", "") == "CreateProcessW":
+            # Popen semantics: a missing program is FileNotFoundError, not a job error;
+            # only the quota (active-process limit) is ours to name.
+            return LimitExceededError if winerror == c.ERROR_NOT_ENOUGH_QUOTA else None
+        if operation == "spawn" and winerror == c.ERROR_ACCESS_DENIED:
+            return AlreadyInJobError
+        return _windows_table().get(winerror, JobError)
+    code = exc.errno
+    if code in (errno.EPERM, errno.EACCES) and operation in ("assign", "assign_current"):
+        return AlreadyInJobError
+    if code == errno.EAGAIN and operation == "spawn":
+        return LimitExceededError
+    if code == errno.EINVAL and operation in ("create", "assign_current"):
+        # unshare()/clone() with a namespace flag the kernel or seccomp policy refuses.
+        return UnsupportedError
+    if operation == "spawn":
+        return _POSIX_TABLE.get(code) if code != errno.ESRCH else None
+    return _POSIX_TABLE.get(code, JobError)
