@@ -1,0 +1,83 @@
+# Type stub for pgjob._jobobject, the C extension (src/_jobobject.c's method table).
+# Windows functions exist only on Windows, Linux ones only on Linux: sys.platform checks let
+# mypy see exactly what the module has on the platform it checks for.
+import sys
+
+TRACE: int
+PLATFORM: str  # "windows", "linux" or "other"
+
+if sys.platform == "win32":
+    # win_job.c
+    def CreateJobObject(name: str | None, /) -> int: ...
+    def CloseHandle(handle: int, /) -> None: ...
+    def SetJobExtendedLimits(
+        job: int, limit_flags: int, process_memory: int, job_memory: int, active_processes: int, /
+    ) -> None: ...
+    def QueryJobExtendedLimits(job: int, /) -> tuple[int, int, int, int, int, int]: ...
+    def SetJobCpuRate(job: int, control_flags: int, cpu_rate: int, /) -> None: ...
+    def AssignProcessToJobObject(job: int, process_handle: int, /) -> None: ...
+    def IsProcessInJob(process_handle: int, job: int, /) -> bool: ...
+    def TerminateJobObject(job: int, exit_code: int, /) -> None: ...
+    def QueryJobProcessIdList(job: int, /) -> list[int]: ...
+    def QueryJobAccounting(job: int, /) -> tuple[int, int, int, int, int, int, int]: ...
+    def GetProcessHandleCount(process_handle: int, /) -> int: ...
+    def WineVersion() -> str | None: ...
+    # win_port.c
+    def CreateIoCompletionPort() -> int: ...
+    def AssociateJobCompletionPort(job: int, port: int, key: int, /) -> None: ...
+    def GetQueuedCompletionStatus(port: int, timeout_ms: int, /) -> tuple[int, int, int] | None: ...
+    # win_spawn.c
+    def CreateProcessInJob(
+        application_name: str | None,
+        command_line: str,
+        inherit_handles: bool,
+        creation_flags: int,
+        environment_block: str | None,
+        current_directory: str | None,
+        startup_flags: int,
+        show_window: int,
+        std_input: int,
+        std_output: int,
+        std_error: int,
+        handle_list: list[int] | None,
+        job: int,
+        use_job_list: bool,
+        /,
+    ) -> tuple[int, int, int, int, str]: ...
+    def ResumeThread(thread_handle: int, /) -> int: ...
+    def JobListSupported() -> bool: ...
+
+    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE: int
+    JOB_OBJECT_LIMIT_BREAKAWAY_OK: int
+    JOB_OBJECT_LIMIT_SILENT_BREAKAWAY_OK: int
+    JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION: int
+    JOB_OBJECT_LIMIT_ACTIVE_PROCESS: int
+    JOB_OBJECT_LIMIT_JOB_MEMORY: int
+    JOB_OBJECT_LIMIT_PROCESS_MEMORY: int
+    JOB_OBJECT_CPU_RATE_CONTROL_ENABLE: int
+    JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP: int
+    JOB_OBJECT_MSG_END_OF_JOB_TIME: int
+    JOB_OBJECT_MSG_END_OF_PROCESS_TIME: int
+    JOB_OBJECT_MSG_ACTIVE_PROCESS_LIMIT: int
+    JOB_OBJECT_MSG_ACTIVE_PROCESS_ZERO: int
+    JOB_OBJECT_MSG_NEW_PROCESS: int
+    JOB_OBJECT_MSG_EXIT_PROCESS: int
+    JOB_OBJECT_MSG_ABNORMAL_EXIT_PROCESS: int
+    JOB_OBJECT_MSG_PROCESS_MEMORY_LIMIT: int
+    JOB_OBJECT_MSG_JOB_MEMORY_LIMIT: int
+    CREATE_SUSPENDED: int
+    CREATE_BREAKAWAY_FROM_JOB: int
+    CREATE_NEW_PROCESS_GROUP: int
+    ERROR_ACCESS_DENIED: int
+    ERROR_INVALID_HANDLE: int
+    ERROR_INVALID_PARAMETER: int
+    ERROR_NOT_SUPPORTED: int
+    ERROR_CALL_NOT_IMPLEMENTED: int
+    ERROR_INVALID_FUNCTION: int
+    ERROR_ALREADY_EXISTS: int
+    ERROR_NOT_ENOUGH_QUOTA: int
+    ERROR_FILE_NOT_FOUND: int
+    ERROR_PATH_NOT_FOUND: int
+    ERROR_BAD_EXE_FORMAT: int
+    STILL_ACTIVE: int
+    WAIT_TIMEOUT: int
