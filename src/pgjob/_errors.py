@@ -100,6 +100,9 @@ def _class_for(exc: OSError, operation: str, target_exited: bool) -> type[JobErr
 
         if winerror == c.ERROR_ACCESS_DENIED and operation in ("assign", "assign_current"):
             return AlreadyInJobError
+        if winerror == c.ERROR_ACCESS_DENIED and operation == "create":
+            # No right to create a job here (sandbox, restricted token): not available.
+            return UnsupportedError
         if winerror == c.ERROR_INVALID_PARAMETER and operation in ("open_process", "assign"):
             # OpenProcess says INVALID_PARAMETER for a pid that does not exist (any more).
             return ProcessExitedError

@@ -216,6 +216,11 @@ class Job:
         (None: until the job is closed). Notifications may be dropped by the OS under load:
         use wait()/pids() for decisions, events for observation."""
         timeout = _check_timeout(timeout)
+        if self.closed:
+            raise JobClosedError(9, "cannot read events: the job is closed")
+        return self._events(timeout)
+
+    def _events(self, timeout: Optional[float]) -> Iterator[JobEvent]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
