@@ -404,9 +404,10 @@ def _create_job(options: argparse.Namespace) -> Job:
         "process_limit": "--process-limit", "cpu_rate": "--cpu-rate",
     }
     limits = {k: getattr(options, k) for k in limit_names if getattr(options, k) is not None}
-    # A limit the platform can't enforce is an error, never a silent no-op: with limits,
-    # an unavailable mechanism raises instead of degrading to "none".
-    on_unavailable = "raise" if limits else options.on_unavailable
+    # A limit the platform can't enforce, or a mechanism asked for by name, is an error and
+    # never a silent downgrade to "none": those runs raise instead of logging.
+    required = bool(limits) or options.mechanism not in (None, "none")
+    on_unavailable = "raise" if required else options.on_unavailable
     try:
         job = Job(kill_on_close=True, mechanism=options.mechanism, on_unavailable=on_unavailable,
                   **limits)
@@ -419,6 +420,10 @@ def _create_job(options: argparse.Namespace) -> Job:
         job.close()
         asked = ", ".join(limit_names[k] for k in limits)
         raise UsageError(f"{asked} not supported here: no containment mechanism is available")
+    if options.mechanism is not None and job.mechanism != options.mechanism:
+        job.close()
+        raise UsageError(f"mechanism {options.mechanism!r} is not available here "
+                         f"(the platform gave {job.mechanism!r})")
     logger.info("job created: mechanism=%s", job.mechanism)
     return job
 
@@ -432,7 +437,8 @@ def run(options: argparse.Namespace) -> int:
         print(f"pgjob: {exc}", file=sys.stderr)
         return EXIT_PGJOB_FAILED
     except (OSError, ValueError, TypeError) as exc:
-        print(f"pgjob: cannot create the job: {exc}", file=sys.stderr)
+        what = f"mechanism {options.mechanism!r}" if options.mechanism else "the job"
+        print(f"pgjob: cannot create {what}: {exc}", file=sys.stderr)
         return EXIT_PGJOB_FAILED
     forwarder = _Forwarder(options.process_group)
     forwarder.install()

@@ -1,0 +1,212 @@
+"""`pgjob run` with real processes: exit statuses (COMMAND's own, 128+N, 124-127), signal
+forwarding, --timeout/--kill-after, and the guarantee itself: SIGKILL the wrapper and the
+whole tree (child, grandchild, setsid'd daemon) is gone within 5 s. A control run with
+--mechanism none shows the daemon surviving without a job."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import pgjob
+from cli_procs import (GONE_WITHIN, IS_WINDOWS, actor, alive, pgjob_env, pgjob_run,
+                       token_pids, wait_gone, wait_until)
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="POSIX signals and /proc process discovery: Linux only")
+posix_only = pytest.mark.skipif(IS_WINDOWS, reason="POSIX signals")
+
+
+def run_cli(*args, timeout=60):
+    """Run `python -m pgjob ARGS` to completion (for the cases where nothing outlives it)."""
+    return subprocess.run([sys.executable, "-m", "pgjob", *args], env=pgjob_env(),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# -- exit statuses -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code", [0, 3, 42, 255])
+def test_exit_status_of_command_is_passed_through(reaper, code):
+    token = reaper.token()
+    proc = reaper.start([*pgjob_run("--"), *actor("exit", token, "--code", code)])
+    assert proc.wait() == code
+
+
+@posix_only
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1])
+def test_death_by_signal_is_128_plus_n(reaper, signum):
+    token = reaper.token()
+    proc = reaper.start([*pgjob_run("--"), *actor("selfkill", token, "--code", int(signum))])
+    assert proc.wait() == 128 + signum
+
+
+def test_command_not_found_is_127():
+    result = run_cli("run", "--", "pgjob-no-such-command-anywhere")
+    assert result.returncode == 127
+    assert "pgjob-no-such-command-anywhere: command not found" in result.stderr
+
+
+def test_command_found_but_not_executable_is_126(tmp_path):
+    target = tmp_path / "not-a-program.txt"
+    target.write_text("just text\n")
+    if not IS_WINDOWS:
+        target.chmod(0o644)  # no execute bit: execve() says EACCES
+    result = run_cli("run", "--", str(target))
+    assert result.returncode == 126, result.stderr
+    assert "cannot execute" in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--no-such-option", "--", "true"],
+    ["run", "--timeout", "soon", "--", "true"],
+    ["run", "--memory-limit", "lots", "--", "true"],
+    ["run", "--kill-after", "5", "--", "true"],
+    ["run", "--"],
+    ["run"],
+])
+def test_bad_command_line_is_125(args):
+    result = run_cli(*args)
+    assert result.returncode == 125, result.stderr
+    assert "pgjob" in result.stderr and "error" in result.stderr
+
+
+@pytest.mark.skipif(IS_WINDOWS, reason="Windows has the job_object mechanism")
+def test_mechanism_the_platform_lacks_is_125():
+    result = run_cli("run", "--mechanism", "job_object", "--", sys.executable, "-c", "pass")
+    assert result.returncode == 125
+    assert "job_object" in result.stderr
+
+
+def test_version_and_help():
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"pgjob {pgjob.__version__}"
+    helptext = run_cli("run", "--help")
+    assert helptext.returncode == 0
+    for option in ("--timeout", "--kill-after", "--mechanism", "--memory-limit", "--cpu-rate",
+                   "--process-limit", "-v", "-q"):
+        assert option in helptext.stdout
+
+
+def test_python_dash_m_and_verbose_log_lines(reaper):
+    token = reaper.token()
+    proc = reaper.start([*pgjob_run("-v", "--"), *actor("exit", token, "--code", 7)],
+                        stderr=subprocess.PIPE)
+    assert proc.wait() == 7
+    stderr = proc.popen.stderr.read()
+    proc.popen.stderr.close()
+    assert "pgjob: INFO: job created: mechanism=" in stderr
+    assert "exited with status 7" in stderr
+
+
+def test_quiet_silences_pgjob_but_not_command(reaper):
+    token = reaper.token()
+    proc = reaper.start([*pgjob_run("-q", "--"), *actor("exit", token, "--code", 0)],
+                        stderr=subprocess.PIPE)
+    assert proc.wait() == 0
+    stderr = proc.popen.stderr.read()
+    proc.popen.stderr.close()
+    assert "pgjob:" not in stderr
+
+
+# -- signal forwarding ---------------------------------------------------------------------
+
+@posix_only
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_stop_signal_is_forwarded_to_command(reaper, signum):
+    token = reaper.token()
+    proc = reaper.start([*pgjob_run("--"), *actor("signals", token)])
+    proc.read_json()  # COMMAND's handlers are installed
+    os.kill(proc.pid, signum)
+    assert proc.read_json() == {"role": "signals", "got": signal.Signals(signum).name}
+    assert proc.wait() == 100 + signum
+
+
+@posix_only
+def test_new_process_group_forwards_to_the_whole_group(reaper):
+    token = reaper.token()
+    proc = reaper.start([*pgjob_run("--process-group", "new", "--"), *actor("signals", token)])
+    proc.read_json()
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.read_json()["got"] == "SIGTERM"
+    assert proc.wait() == 100 + signal.SIGTERM
+
+
+# -- timeout -------------------------------------------------------------------------------
+
+def test_timeout_stops_command_and_exits_124(reaper):
+    token = reaper.token()
+    started = time.monotonic()
+    proc = reaper.start([*pgjob_run("--timeout", "1", "--"), *actor("sleeper", token)])
+    proc.read_json()
+    assert proc.wait() == 124
+    assert time.monotonic() - started >= 1.0
+
+
+@posix_only
+def test_timeout_signal_reaches_command(reaper):
+    token = reaper.token()
+    proc = reaper.start([*pgjob_run("--timeout", "0.5", "--signal", "HUP", "--"),
+                         *actor("signals", token)])
+    proc.read_json()
+    assert proc.read_json()["got"] == "SIGHUP"
+    assert proc.wait() == 124
+
+
+@posix_only
+def test_kill_after_kills_a_command_that_ignores_the_timeout_signal(reaper):
+    token = reaper.token()
+    proc = reaper.start([*pgjob_run("--timeout", "0.5", "--kill-after", "1", "--"),
+                         *actor("stubborn", token)])
+    proc.read_json()
+    started = time.monotonic()
+    assert proc.wait() == 124
+    # Killed about 0.5 + 1 s after start, not at the first signal (which it ignores).
+    assert time.monotonic() - started >= 0.9
+
+
+# -- the guarantee -------------------------------------------------------------------------
+
+@linux_only
+def test_processes_left_behind_die_when_command_exits(reaper):
+    token = reaper.token()
+    proc = reaper.start([*pgjob_run("--"), *actor("tree", token, "--exit-after-ready", 5)])
+    proc.read_json()
+    assert proc.wait() == 5
+    # The grandchild and the setsid'd daemon outlived COMMAND; closing the job killed them.
+    assert wait_until(lambda: not token_pids(token), GONE_WITHIN), token_pids(token)
+
+
+@linux_only
+def test_sigkill_of_wrapper_kills_child_grandchild_and_daemon(reaper):
+    token = reaper.token()
+    proc = reaper.start([*pgjob_run("--"), *actor("tree", token)])
+    ready = proc.read_json()
+    assert ready["daemon_sid"] == ready["daemon"], "the daemon leads its own session"
+    tree = [p for p in token_pids(token) if p != proc.pid]
+    assert len(tree) >= 3, f"expected child, grandchild and daemon, found {tree}"
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = time.monotonic()
+    survivors = wait_gone(tree, GONE_WITHIN)
+    assert not survivors, f"still running {GONE_WITHIN} s after the wrapper died: {survivors}"
+    assert time.monotonic() - killed_at < GONE_WITHIN
+    assert not token_pids(token)
+
+
+@linux_only
+def test_control_without_a_job_the_daemon_outlives_the_wrapper(reaper):
+    """--mechanism none: same tree, no kernel guarantee. The daemon must survive the
+    wrapper's SIGKILL, or the test above proves nothing."""
+    token = reaper.token()
+    proc = reaper.start([*pgjob_run("-q", "--mechanism", "none", "--"), *actor("tree", token)])
+    proc.read_json()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Give the tree the same 5 s the guarantee allows; the orphans must still be there.
+    wait_gone(token_pids(token), GONE_WITHIN)
+    orphans = token_pids(token)
+    assert len(orphans) >= 3, f"the control tree died without a job: {orphans}"
+    # The reaper kills them and asserts they are gone.
