@@ -1,0 +1,214 @@
+"""A throwaway PostgreSQL cluster for the crash test: find Debian's binaries, initdb as an
+unprivileged user, start/stop/query it, and find every process that belongs to it.
+
+A cluster's processes are recognised by their working directory: the postmaster chdir()s to
+its data directory and every backend and auxiliary process inherits that, whatever pid
+namespace it lives in and whatever its command line says ("postgres: checkpointer").
+"""
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+#: PostgreSQL refuses to run as root: when the tests run as root, the server runs as this user.
+SERVER_USER = os.environ.get("PGJOB_PG_USER", "pgjobtest")
+GONE_WITHIN = 5.0
+READY_WITHIN = 60.0
+
+
+def find_bindir():
+    """Directory holding postgres, initdb, pg_ctl (Debian keeps them out of PATH), or None."""
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                        key=lambda d: int(d.split("/")[-2]) if d.split("/")[-2].isdigit() else 0,
+                        reverse=True)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            candidates.append(subprocess.run([pg_config, "--bindir"], capture_output=True,
+                                             text=True, check=True).stdout.strip())
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    on_path = shutil.which("postgres")
+    if on_path:
+        candidates.append(os.path.dirname(on_path))
+    for bindir in candidates:
+        if all(os.access(os.path.join(bindir, tool), os.X_OK)
+               for tool in ("postgres", "initdb", "pg_ctl", "pg_isready", "psql")):
+            return bindir
+    # psql may live in /usr/bin only (Debian's postgresql-client): accept that split too.
+    for bindir in candidates:
+        if all(os.access(os.path.join(bindir, t), os.X_OK) for t in ("postgres", "initdb", "pg_ctl")):
+            return bindir
+    return None
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def port_taken(port):
+    """Does anything accept connections on 127.0.0.1:port?"""
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.1)
+
+
+def processes_in(directory):
+    """Pids of live processes whose working directory is `directory` (zombies have none)."""
+    directory = os.path.realpath(directory)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/cwd") == directory:
+                found.append(int(entry))
+        except OSError:
+            continue  # exited while we listed /proc, or a zombie
+    return sorted(found)
+
+
+class Cluster:
+    """One data directory, its socket directory and port, and the commands that drive it."""
+
+    def __init__(self, bindir, root):
+        self.bindir = bindir
+        self.root = root
+        self.datadir = os.path.join(root, "data")
+        self.sockdir = os.path.join(root, "sock")
+        self.logfile = os.path.join(root, "server.log")
+        self.port = free_port()
+        self.as_root = os.geteuid() == 0
+        self.user = SERVER_USER if self.as_root else pwd.getpwuid(os.geteuid()).pw_name
+
+    def tool(self, name):
+        path = os.path.join(self.bindir, name)
+        return path if os.access(path, os.X_OK) else (shutil.which(name) or path)
+
+    def as_server_user(self, command):
+        """Prefix that runs `command` as the server user: setpriv execs in place (no extra
+        process, no PAM session), so the wrapper's child *is* the postmaster."""
+        if not self.as_root:
+            return list(command)
+        return ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups",
+                "--", *command]
+
+    def server_options(self):
+        return ["-p", str(self.port), "-k", self.sockdir, "-c", "listen_addresses=127.0.0.1",
+                "-c", "fsync=off", "-c", "shared_buffers=16MB", "-c", "max_connections=20"]
+
+    def postgres_command(self):
+        """The postmaster, run in the foreground as the server user."""
+        return self.as_server_user([self.tool("postgres"), "-D", self.datadir, *self.server_options()])
+
+    def run_as_server_user(self, command, **kwargs):
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("timeout", 120)
+        kwargs.setdefault("cwd", self.root)
+        return subprocess.run(self.as_server_user(command), stdin=subprocess.DEVNULL, **kwargs)
+
+    def initdb(self):
+        for path in (self.root, self.sockdir):
+            os.makedirs(path, exist_ok=True)
+        if self.as_root:
+            record = pwd.getpwnam(self.user)
+            for path in (self.root, self.sockdir):
+                os.chown(path, record.pw_uid, record.pw_gid)
+        result = self.run_as_server_user([self.tool("initdb"), "-D", self.datadir, "--auth=trust",
+                                          "--no-sync", "-U", self.user, "-E", "UTF8", "--locale=C"])
+        assert result.returncode == 0, f"initdb failed:\n{result.stdout}\n{result.stderr}"
+
+    def pg_ctl(self, *args):
+        return self.run_as_server_user([self.tool("pg_ctl"), "-D", self.datadir, *args])
+
+    def pg_ctl_start(self):
+        return self.pg_ctl("-l", self.logfile, "-w", "-t", "60",
+                           "-o", " ".join(self.server_options()), "start")
+
+    def psql_command(self, *extra):
+        return [self.tool("psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+                "-h", self.sockdir, "-p", str(self.port), "-U", self.user, "-d", "postgres", *extra]
+
+    def query(self, sql, timeout=60):
+        """Run `sql` in a new session; return (returncode, stdout, stderr)."""
+        result = subprocess.run(self.psql_command("-c", sql), capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL, timeout=timeout, cwd=self.root)
+        return result.returncode, result.stdout.strip(), result.stderr.strip()
+
+    def accepting(self):
+        result = subprocess.run([self.tool("pg_isready"), "-h", self.sockdir, "-p", str(self.port),
+                                 "-t", "1"], capture_output=True, stdin=subprocess.DEVNULL)
+        return result.returncode == 0
+
+    def wait_ready(self, owner=None, timeout=READY_WITHIN):
+        def ready():
+            if owner is not None and owner.poll() is not None:
+                raise AssertionError(f"the wrapper exited ({owner.returncode}) before the server "
+                                     f"was ready; log:\n{self.log_tail()}")
+            return self.accepting()
+        assert wait_until(ready, timeout), f"server not ready in {timeout} s:\n{self.log_tail()}"
+
+    def pids(self):
+        return processes_in(self.datadir)
+
+    def log_tail(self, lines=30):
+        text = ""
+        for path in (self.logfile, os.path.join(self.root, "wrapper.log")):
+            try:
+                with open(path, errors="replace") as f:
+                    text += f"--- {path}\n" + "".join(f.readlines()[-lines:])
+            except OSError:
+                pass
+        return text
+
+    def kill_everything(self):
+        """Last-resort cleanup: SIGKILL every process of the cluster; return the survivors."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_until(lambda: not self.pids(), 10)
+        return self.pids()
+
+
+def ensure_server_user():
+    """As root, make sure the unprivileged server user exists (CI's setup creates it too)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        SERVER_USER], check=True, capture_output=True)
+
+
+def pgjob_env():
+    import pgjob
+
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pgjob.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env
+
+
+PYTHON = sys.executable
