@@ -51,7 +51,22 @@ static PyMethodDef jobobject_methods[] = {
      "JobListSupported() -> bool: does UpdateProcThreadAttribute accept PROC_THREAD_ATTRIBUTE_JOB_LIST?"},
 #endif
 #ifdef __linux__
-    /* (Linux methods go here) */
+    /* linux_spawn.c */
+    {"spawn", linux_spawn, METH_VARARGS,
+     "spawn(argv, executables, env, cwd, close_fds, fds_to_keep,\n"
+     "      p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,\n"
+     "      restore_signals, start_new_session, process_group, gid, extra_groups, uid, umask,\n"
+     "      clone_flags, watch_owner, map_ids, chdir_marker) -> (pid, pidfd, status_fd)\n\n"
+     "clone_flags 0: a direct CLONE_VM|CLONE_VFORK child (PR_SET_PDEATHSIG if watch_owner),\n"
+     "status_fd -1. Else clone3(clone_flags) makes a PID-namespace init that runs the program,\n"
+     "dies with the owner if watch_owner, and writes the program's raw wait status to status_fd."},
+    /* linux_job.c */
+    {"probe", linux_probe, METH_VARARGS,
+     "probe(clone_flags, map_ids) -> None: create and reap a child in new namespaces, or raise."},
+    {"unshare", linux_unshare, METH_VARARGS, "unshare(flags) -> None"},
+    {"setns", linux_setns, METH_VARARGS, "setns(fd, nstype) -> None"},
+    {"start_reaper", linux_start_reaper, METH_NOARGS,
+     "start_reaper() -> (pid, pidfd): fork the init that reaps orphans and exits with the owner."},
 #endif
     {NULL, NULL, 0, NULL},
 };
@@ -114,7 +129,21 @@ jobobject_exec(PyObject *module)
 #ifdef __linux__
     if (PyModule_AddStringConstant(module, "PLATFORM", "linux") < 0)
         return -1;
-    /* (Linux constants go here) */
+    /* Namespace flags Python chooses between */
+    ADD_INT(CLONE_NEWPID);
+    ADD_INT(CLONE_NEWUSER);
+    /* Exit codes of pgjob's inits */
+    ADD_INT(PGJOB_INIT_FAILED_EXIT);
+    ADD_INT(PGJOB_INIT_OWNER_GONE_EXIT);
+    /* Error codes pgjob._errors.classify() and the Linux backend decide on */
+    ADD_INT(EPERM);
+    ADD_INT(EACCES);
+    ADD_INT(EINVAL);
+    ADD_INT(ENOSPC);
+    ADD_INT(EUSERS);
+    ADD_INT(ENOSYS);
+    ADD_INT(ESRCH);
+    ADD_INT(EAGAIN);
 #endif
 #if !defined(MS_WINDOWS) && !defined(__linux__)
     if (PyModule_AddStringConstant(module, "PLATFORM", "other") < 0)

@@ -70,7 +70,29 @@ PyObject *win_ResumeThread(PyObject *self, PyObject *args);
 
 #ifdef __linux__
 /* ---- linux_*.c: PID-namespace spawn and procfs/pidfd membership ---- */
-/* (Linux declarations go here) */
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Exit codes of pgjob's own init processes when the program did not decide the status. */
+#define PGJOB_INIT_FAILED_EXIT 125     /* the init could not set up (errno went to errpipe) */
+#define PGJOB_INIT_OWNER_GONE_EXIT 137 /* the owner process is gone: the namespace dies */
+
+/* linux_spawn.c: Popen children (namespace init + program, or a direct pdeathsig child) */
+PyObject *linux_spawn(PyObject *self, PyObject *args);
+/* shared with linux_job.c; async-signal-safe */
+pid_t pgjob_clone3(uint64_t flags, int *pidfd);
+int pgjob_pidfd_open_self(void);
+int pgjob_map_own_ids(uid_t uid, gid_t gid);
+void pgjob_forwarded_signals(sigset_t *set);
+
+/* linux_job.c: probing, unshare/setns and the reaper init of protect_children() */
+PyObject *linux_probe(PyObject *self, PyObject *args);
+PyObject *linux_unshare(PyObject *self, PyObject *args);
+PyObject *linux_setns(PyObject *self, PyObject *args);
+PyObject *linux_start_reaper(PyObject *self, PyObject *args);
 #endif /* __linux__ */
 
 #endif /* PGJOB_JOBOBJECT_H */

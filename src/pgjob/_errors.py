@@ -62,6 +62,12 @@ _POSIX_TABLE: dict[int, type[JobError]] = {
 }
 
 
+# Linux syscalls whose refusal means "no PID namespace here", and the codes they refuse with.
+_NAMESPACE_SYSCALLS = ("clone3", "unshare", "setns", "pidfd_open", "write /proc/self/uid_map")
+_NAMESPACE_REFUSED = (errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOSPC, errno.EUSERS,
+                      errno.ENOSYS)
+
+
 def classify(exc: OSError, operation: str, *, target_exited: bool = False) -> OSError:
     """Map an OSError raised by pgjob._jobobject to the pgjob class it means.
 
@@ -116,6 +122,12 @@ def _class_for(exc: OSError, operation: str, target_exited: bool) -> type[JobErr
             return AlreadyInJobError
         return _windows_table().get(winerror, JobError)
     code = exc.errno
+    if (operation in ("create", "assign_current")
+            and getattr(exc, "syscall", None) in _NAMESPACE_SYSCALLS
+            and code in _NAMESPACE_REFUSED):
+        # Linux: the kernel, a sysctl (user.max_*_namespaces), seccomp or missing privileges
+        # refuse a PID/user namespace. Not "already in a job": the feature is unavailable.
+        return UnsupportedError
     if code in (errno.EPERM, errno.EACCES) and operation in ("assign", "assign_current"):
         return AlreadyInJobError
     if code == errno.EAGAIN and operation == "spawn":

@@ -1,0 +1,724 @@
+"""Linux backend: each job.popen() child runs in its own PID namespace under a small C init
+that dies with the owner process, so the kernel kills the whole tree (mechanism
+"pid_namespace"); where namespaces are refused, direct children get PR_SET_PDEATHSIG
+("pdeathsig", weaker, see docs/linux.md).
+
+subprocess.Popen keeps doing everything it does (argument and env conversion, pipes,
+errpipe protocol, communicate, timeouts); only its one call to _posixsubprocess.fork_exec is
+routed to _jobobject.spawn, by running Popen's own _execute_child code with a globals mapping
+in which that one name differs. Nothing global is patched.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import queue
+import select
+import signal
+import sys
+import threading
+import time
+import types
+from typing import Optional
+
+from . import _errors
+from . import _jobobject as c
+from ._base import EventKind, JobBackend, JobEvent, JobOptions, JobStats
+from ._errors import ProcessExitedError, UnsupportedError
+from ._log import logger
+from ._unprotected import UnprotectedJob
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Popen reads "noexec:chdir" from the errpipe as "chdir(cwd) failed" since Python 3.13.
+_CHDIR_MARKER = sys.version_info >= (3, 13)
+
+
+# -- procfs ---------------------------------------------------------------------------------
+
+def _all_pids() -> list:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _pid_namespace(pid) -> Optional[tuple]:
+    """(st_dev, st_ino) of the PID namespace `pid` (or "self") lives in; None if it is gone.
+
+    A process that exits between listing /proc and this stat is a benign race: it is no
+    member any more, so "gone" is the right answer."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/pid")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _stat_fields(pid: int) -> Optional[list]:
+    """Fields of /proc/<pid>/stat after the command name (field 3, "state", is index 0)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None  # exited since it was listed
+    return data[data.rindex(b")") + 2:].split()
+
+
+def _nspid_depth(pid) -> int:
+    """How many PID namespaces `pid` is nested in (1: the initial one), from NSpid."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"NSpid:"):
+                return len(line.split()) - 1
+    return 1
+
+
+def _namespace_members(namespaces: set) -> list:
+    """Host pids of every process in one of `namespaces` (as _pid_namespace returns them)."""
+    if not namespaces:
+        return []
+    return [pid for pid in _all_pids() if _pid_namespace(pid) in namespaces]
+
+
+def _descendants(roots: list) -> list:
+    """`roots` and every process whose parent chain leads to one of them (one /proc pass)."""
+    children = collections.defaultdict(list)
+    for pid in _all_pids():
+        fields = _stat_fields(pid)
+        if fields is not None:
+            children[int(fields[1])].append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return sorted(found)
+
+
+def _cpu_times(pids: list) -> tuple:
+    """User and system seconds of `pids` plus the children each of them has reaped."""
+    user = system = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            # utime, stime, cutime, cstime are fields 14-17 of /proc/<pid>/stat.
+            user += int(fields[11]) + int(fields[13])
+            system += int(fields[12]) + int(fields[14])
+    return user / _CLK_TCK, system / _CLK_TCK
+
+
+# -- running Popen._execute_child with our spawn ------------------------------------------------
+
+class _PosixsubprocessWithJob:
+    """Stands in for the _posixsubprocess module (Python 3.9/3.10 call it by module name):
+    every attribute is the real module's, except fork_exec."""
+
+    def __init__(self, fork_exec) -> None:
+        import _posixsubprocess
+        self._module = _posixsubprocess
+        self.fork_exec = fork_exec
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+
+def _execute_child_with(execute_child, fork_exec):
+    namespace = dict(execute_child.__globals__)
+    # posix_spawn would bypass fork_exec: always take the fork_exec path.
+    namespace["_USE_POSIX_SPAWN"] = False
+    if "_fork_exec" in namespace:  # 3.11+
+        namespace["_fork_exec"] = fork_exec
+    namespace["_posixsubprocess"] = _PosixsubprocessWithJob(fork_exec)
+    return types.FunctionType(execute_child.__code__, namespace, execute_child.__name__,
+                              execute_child.__defaults__, execute_child.__closure__)
+
+
+def _spawn(fork_exec_args: tuple, clone_flags: int, watch_owner: bool, map_ids: bool) -> tuple:
+    """Call _jobobject.spawn with what subprocess passed to _posixsubprocess.fork_exec."""
+    a = fork_exec_args
+    if len(a) == 23:  # 3.11+: ..., process_group, gid, extra_groups, uid, umask, preexec_fn, allow_vfork
+        (args, executables, close_fds, fds_to_keep, cwd, env, p2cread, p2cwrite, c2pread,
+         c2pwrite, errread, errwrite, errpipe_read, errpipe_write, restore_signals,
+         start_new_session, process_group, gid, groups, uid, umask, preexec_fn, _vfork) = a
+    elif len(a) == 21:  # 3.9, 3.10: no process_group, no allow_vfork
+        (args, executables, close_fds, fds_to_keep, cwd, env, p2cread, p2cwrite, c2pread,
+         c2pwrite, errread, errwrite, errpipe_read, errpipe_write, restore_signals,
+         start_new_session, gid, groups, uid, umask, preexec_fn) = a
+        process_group = -1
+    else:
+        raise TypeError(f"pgjob does not know this Python's fork_exec signature ({len(a)} arguments)")
+    if preexec_fn is not None:
+        raise UnsupportedError(
+            errno.EINVAL, "preexec_fn is not supported by pgjob on Linux: the child is set up in C "
+            "between clone and exec, where running Python is unsafe. Use start_new_session, "
+            "process_group, umask, user/group/extra_groups, cwd or env, or do the setup in the "
+            "child program itself.")
+    argv = [os.fsencode(arg) for arg in args]
+    return c.spawn(
+        argv, list(executables), env, None if cwd is None else os.fsencode(cwd),
+        bool(close_fds), tuple(fds_to_keep),
+        p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,
+        bool(restore_signals), bool(start_new_session), process_group,
+        -1 if gid is None else gid, None if groups is None else tuple(groups),
+        -1 if uid is None else uid, umask, clone_flags, watch_owner, map_ids, _CHDIR_MARKER)
+
+
+class _ExitStatusPipe:
+    """Read end of the pipe a namespace init writes its program's raw wait status to.
+
+    An init can't die of an arbitrary signal from inside its own namespace, so its own exit
+    status can't say "killed by SIGTERM"; this pipe can, and Popen.returncode comes from it."""
+
+    __slots__ = ("fd", "status")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.status: Optional[int] = None
+
+    def program_status(self, init_status: int, _read=os.read, _close=os.close,
+                       _order=sys.byteorder) -> int:
+        # Called from Popen.__del__ too: use nothing but the default arguments.
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                data = _read(fd, 64)
+            except OSError:
+                data = b""  # EAGAIN: the init was killed before the program exited
+            finally:
+                _close(fd)
+            if len(data) >= 4:
+                self.status = int.from_bytes(data[:4], _order, signed=True)
+        return init_status if self.status is None else self.status
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+
+
+_MIRRORING_CLASSES: dict = {}
+
+
+def _mirror_program_status(popen, fd: int) -> None:
+    """Make popen.returncode the program's, not the init's: its class becomes a subclass
+    whose _handle_exitstatus substitutes the status the init reported. (A subclass rather
+    than an instance attribute: a bound method stored on the instance would be a reference
+    cycle, and Popen.__del__ would then only run at garbage collection.)"""
+    base = type(popen)
+    mirroring = _MIRRORING_CLASSES.get(base)
+    if mirroring is None:
+        handle = base._handle_exitstatus
+
+        def _handle_exitstatus(self, sts, *args, **kwargs):
+            pipe = self.__dict__.get("_pgjob_exit_status")
+            if pipe is not None:
+                sts = pipe.program_status(sts)
+            return handle(self, sts, *args, **kwargs)
+
+        mirroring = type(base.__name__, (base,), {
+            "_handle_exitstatus": _handle_exitstatus,
+            "__module__": base.__module__,
+            "__qualname__": base.__qualname__,
+            "__doc__": base.__doc__,
+        })
+        _MIRRORING_CLASSES[base] = mirroring
+    popen._pgjob_exit_status = _ExitStatusPipe(fd)
+    popen.__class__ = mirroring
+
+
+class _SpawnThread:
+    """PR_SET_PDEATHSIG fires when the parent *thread* exits (golang/go#27505), so a pdeathsig
+    child spawned from a worker thread would die with that thread. Such spawns run here, on
+    one thread that lives as long as the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._pid = -1
+
+    def call(self, fn, *args):
+        if threading.current_thread() is threading.main_thread():
+            return fn(*args)
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or we are a fork of the process that had it
+                self._requests = queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(self._requests,),
+                                 name="pgjob-spawner", daemon=True).start()
+                self._pid = os.getpid()
+            requests = self._requests
+        done = threading.Event()
+        box: list = [None, None]
+        requests.put((fn, args, box, done))
+        done.wait()
+        if box[1] is not None:
+            raise box[1]
+        return box[0]
+
+    @staticmethod
+    def _serve(requests) -> None:
+        while True:
+            fn, args, box, done = requests.get()
+            try:
+                box[0] = fn(*args)
+            except BaseException as exc:  # handed to the caller's thread
+                box[1] = exc
+            finally:
+                done.set()
+
+
+_SPAWN_THREAD = _SpawnThread()
+
+
+# -- the job backends ---------------------------------------------------------------------------
+
+class _Member:
+    """A process pgjob started: the namespace init (pid_namespace) or the program (pdeathsig)."""
+
+    __slots__ = ("pid", "pidfd", "namespace", "exited")
+
+    def __init__(self, pid: int, pidfd: int, namespace: Optional[tuple]) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.namespace = namespace
+        self.exited = False
+
+
+class _LinuxJob(JobBackend):
+    """What both Linux mechanisms share: members tracked by pidfd (a pid could be reused once
+    Popen reaps it; a pidfd can't), exit events from pidfd readiness, wait(), close()."""
+
+    spawn_path = "?"
+
+    def __init__(self, options: JobOptions) -> None:
+        self.options = options
+        self._lock = threading.Lock()
+        self._members: list = []
+        self._events: collections.deque = collections.deque()
+        self._started = 0
+        self._closed = False
+        # Lets next_event() wake up when a process is started while it waits.
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # subclass hooks
+    def _spawn_member(self, fork_exec_args: tuple) -> tuple:
+        raise NotImplementedError
+
+    def _member_namespace(self, pid: int) -> Optional[tuple]:
+        return None
+
+    # membership
+    def execute_child(self, popen, execute_child, args) -> None:
+        def fork_exec(*fork_exec_args):
+            pid, pidfd, status_fd = self._spawn_member(fork_exec_args)
+            # Registered before Popen reads the errpipe: an exec failure still reaps right.
+            if status_fd >= 0:
+                _mirror_program_status(popen, status_fd)
+            member = _Member(pid, pidfd, self._member_namespace(pid))
+            with self._lock:
+                if self._closed:  # close() raced with this spawn: don't leave it running
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    os.close(pidfd)
+                else:
+                    self._members.append(member)
+                    self._started += 1
+                    self._events.append(JobEvent(EventKind.NEW_PROCESS, pid))
+            logger.debug("%s: pid %d, pidfd %d", self.spawn_path, pid, pidfd)
+            try:
+                os.write(self._wake_write, b"!")
+            except OSError:
+                pass  # the pipe is full: next_event() is awake anyway
+            return pid
+
+        popen.spawn_path = self.spawn_path
+        _execute_child_with(execute_child, fork_exec)(popen, *args)
+
+    def assign(self, pid: int, handle: Optional[int]) -> None:
+        raise UnsupportedError(
+            errno.EOPNOTSUPP, "Linux can't move a running process into a job's PID namespace: "
+            "start it with job.popen() (or call pgjob.protect_children() before it is created)")
+
+    def assign_current(self) -> None:
+        raise UnsupportedError(
+            errno.EOPNOTSUPP, f"mechanism {self.mechanism!r} can't cover children this process "
+            "creates by other means (subprocess, os.system): that needs a PID namespace")
+
+    def _poll_exits(self) -> list:
+        """Mark members whose pidfd turned readable (the process exited); return the live ones."""
+        with self._lock:
+            members = [m for m in self._members if not m.exited]
+        if not members:
+            return []
+        poller = select.poll()
+        for m in members:
+            poller.register(m.pidfd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(0)}
+        live = []
+        with self._lock:
+            for m in members:
+                if m.pidfd in ready:
+                    if not m.exited:
+                        m.exited = True
+                        self._events.append(JobEvent(EventKind.EXIT_PROCESS, m.pid))
+                else:
+                    live.append(m)
+            if ready and not live and not any(not m.exited for m in self._members):
+                self._events.append(JobEvent(EventKind.ACTIVE_PROCESS_ZERO))
+        return live
+
+    def stats(self) -> JobStats:
+        pids = self.pids()
+        user, kernel = _cpu_times(pids)
+        # Linux keeps no count of every process that ever was in a namespace, nor peak
+        # memory or I/O for a group without a cgroup: those stay None.
+        return JobStats(active_processes=len(pids), user_time=user, kernel_time=kernel)
+
+    def next_event(self, timeout: Optional[float]) -> Optional[JobEvent]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            live = self._poll_exits()
+            with self._lock:
+                if self._events:
+                    return self._events.popleft()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            poller = select.poll()
+            poller.register(self._wake_read, select.POLLIN)
+            for m in live:
+                poller.register(m.pidfd, select.POLLIN)
+            poller.poll(None if remaining is None else max(1, int(remaining * 1000)))
+            try:
+                os.read(self._wake_read, 4096)
+            except BlockingIOError:
+                pass
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            live = self._poll_exits()
+            if not live and not self._others_alive():
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            poller = select.poll()
+            for m in live:
+                poller.register(m.pidfd, select.POLLIN)
+            # Re-check at least every 50 ms for members we hold no pidfd for.
+            slice_ms = 50 if remaining is None else max(1, min(50, int(remaining * 1000)))
+            poller.poll(slice_ms)
+
+    def _others_alive(self) -> bool:
+        """Members beyond the ones we hold pidfds for (pdeathsig: their descendants)."""
+        return False
+
+    def _kill_members(self) -> None:
+        with self._lock:
+            members = [m for m in self._members if not m.exited]
+        for m in members:
+            try:
+                signal.pidfd_send_signal(m.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # exited since we looked: nothing to kill
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.options.kill_on_close:
+            try:
+                self.terminate(1)
+            except OSError as exc:
+                logger.debug("close: terminate failed: %s", exc)
+        self._release()
+
+    def detach(self) -> Optional[int]:
+        with self._lock:
+            self._closed = True
+        self._release()
+        return None
+
+    def _release(self) -> None:
+        with self._lock:
+            members, self._members = self._members, []
+        for m in members:
+            os.close(m.pidfd)
+        for fd in (self._wake_read, self._wake_write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class NamespaceJob(_LinuxJob):
+    """Every job.popen() child in a new PID namespace whose init (pgjob C code, PID 1) runs the
+    program, forwards signals to it, reaps orphans, mirrors the program's exit status and exits
+    with the owner process or the program. When an init exits the kernel SIGKILLs everything
+    left in its namespace, double-forked setsid daemons included."""
+
+    mechanism = "pid_namespace"
+    spawn_path = "namespace_init"
+
+    def __init__(self, options: JobOptions, clone_flags: int, map_ids: bool) -> None:
+        super().__init__(options)
+        self._clone_flags = clone_flags
+        self._map_ids = map_ids
+        self._reaper: Optional[_Member] = None  # protect_children(): our own namespace's PID 1
+
+    def _spawn_member(self, fork_exec_args: tuple) -> tuple:
+        # The init watches the owner through a pidfd (the whole process, not the calling
+        # thread), so spawning from any thread is safe.
+        return _spawn(fork_exec_args, self._clone_flags, self.options.kill_on_close, self._map_ids)
+
+    def _member_namespace(self, pid: int) -> Optional[tuple]:
+        # None if the init already exited: then its namespace is empty for good.
+        return _pid_namespace(pid)
+
+    def _namespaces(self) -> set:
+        live = self._poll_exits()
+        namespaces = {m.namespace for m in live if m.namespace is not None}
+        if self._reaper is not None and self._reaper.namespace is not None:
+            namespaces.add(self._reaper.namespace)
+        return namespaces
+
+    def pids(self) -> list:
+        return _namespace_members(self._namespaces())
+
+    def contains(self, pid: int) -> bool:
+        namespaces = self._namespaces()
+        return bool(namespaces) and _pid_namespace(pid) in namespaces
+
+    def terminate(self, exit_code: int) -> None:
+        # A PID namespace has no exit code to give: every member dies of SIGKILL.
+        self._kill_members()
+        if self._reaper is not None:
+            # Our own namespace (protect_children): kill its members, not its init, or this
+            # process could not create another child (fork fails with ENOMEM without one).
+            for pid in _namespace_members({self._reaper.namespace}):
+                if pid != self._reaper.pid:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass  # exited since we listed it
+
+    def assign_current(self) -> None:
+        if self._reaper is not None:
+            return
+        threads = len(os.listdir("/proc/self/task"))
+        try:
+            c.unshare(c.CLONE_NEWPID)
+            logger.debug("unshare(CLONE_NEWPID): this thread's later children get a new PID namespace")
+        except PermissionError:
+            # Without CAP_SYS_ADMIN: a user namespace first, which the kernel allows only to a
+            # single-threaded process (EINVAL otherwise).
+            c.unshare(c.CLONE_NEWUSER | c.CLONE_NEWPID)
+            _map_own_ids()
+            logger.debug("unshare(CLONE_NEWUSER|CLONE_NEWPID) and mapped uid %d", os.geteuid())
+        try:
+            pid, pidfd = c.start_reaper()
+        except BaseException:
+            _leave_pid_namespace_for_children()
+            raise
+        logger.debug("started the namespace's init (reaper): pid %d", pid)
+        self._reaper = _Member(pid, pidfd, _pid_namespace(pid))
+        if threads > 1:
+            logger.warning(
+                "protect_children(): %d other threads already existed; children they create "
+                "(and threads they start) are outside the PID namespace and not protected. "
+                "Call it early, before starting threads.", threads - 1)
+
+    def holds_current_process(self) -> bool:
+        # Our own namespace's init must outlive this Job: closing would kill it, and without
+        # an init the kernel refuses every later fork of this process. Like the owner-in-job
+        # trap on Windows, Job.close() then keeps the protection for the process lifetime.
+        return self._reaper is not None
+
+    def _release(self) -> None:
+        super()._release()
+        if self._reaper is not None:
+            os.close(self._reaper.pidfd)
+
+
+class PdeathsigJob(_LinuxJob):
+    """The fallback when PID namespaces are refused: each job.popen() child is a direct child
+    with PR_SET_PDEATHSIG=SIGKILL (re-checked against getppid() after arming), spawned from a
+    thread that lives as long as the process. Only those direct children die with the owner;
+    their descendants are killed by close()/terminate(), if they can still be found then."""
+
+    mechanism = "pdeathsig"
+    spawn_path = "vfork_pdeathsig"
+
+    def _spawn_member(self, fork_exec_args: tuple) -> tuple:
+        if not self.options.kill_on_close:
+            return _spawn(fork_exec_args, 0, False, False)
+        return _SPAWN_THREAD.call(_spawn, fork_exec_args, 0, True, False)
+
+    def _roots(self) -> list:
+        return [m.pid for m in self._poll_exits()]
+
+    def pids(self) -> list:
+        roots = self._roots()
+        return _descendants(roots) if roots else []
+
+    def contains(self, pid: int) -> bool:
+        return pid in self.pids()
+
+    def _others_alive(self) -> bool:
+        # Exited members are zombies until Popen reaps them; their children are still ours.
+        with self._lock:
+            roots = [m.pid for m in self._members]
+        return len(_descendants(roots)) > len([p for p in roots if _stat_fields(p) is not None
+                                               and _stat_fields(p)[0] != b"Z"])
+
+    def terminate(self, exit_code: int) -> None:
+        # Stop the whole tree first, so nobody forks or reparents while we kill it.
+        with self._lock:
+            roots = [m.pid for m in self._members if not m.exited]
+        tree = _descendants(roots) if roots else []
+        for pid in tree:
+            _signal_quietly(pid, signal.SIGSTOP)
+        tree = sorted(set(tree) | set(_descendants(roots) if roots else []))
+        self._kill_members()
+        for pid in tree:
+            _signal_quietly(pid, signal.SIGKILL)
+
+
+def _signal_quietly(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # exited since we listed it
+
+
+def _map_own_ids() -> None:
+    """After unshare(CLONE_NEWUSER): map our uid/gid onto themselves (one line each is what
+    an unprivileged process may write)."""
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"{uid} {uid} 1\n")
+        try:
+            with open("/proc/self/setgroups", "w") as f:
+                f.write("deny")
+        except FileNotFoundError:
+            pass  # kernels before 3.19
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"{gid} {gid} 1\n")
+    except OSError as exc:
+        exc.syscall = "write /proc/self/uid_map"  # what classify() keys on, as from C
+        raise
+
+
+def _leave_pid_namespace_for_children() -> None:
+    """Undo unshare(CLONE_NEWPID) for this thread: point its children back at our own namespace."""
+    try:
+        fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            c.setns(fd, c.CLONE_NEWPID)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        logger.warning("could not return to this process's PID namespace: %s", exc)
+
+
+# -- choosing a mechanism -------------------------------------------------------------------------
+
+_NAMESPACE_FLAGS: dict = {}  # pid -> (clone_flags, map_ids) that worked in that process
+
+
+def namespace_flags() -> tuple:
+    """The clone flags that give a child its own PID namespace here, probed once per process:
+    CLONE_NEWPID alone with CAP_SYS_ADMIN, else an unprivileged user namespace too. Raises
+    the OSError of the last attempt if the kernel refuses both."""
+    found = _NAMESPACE_FLAGS.get(os.getpid())
+    if found is not None:
+        return found
+    failure = None
+    for flags, map_ids in ((c.CLONE_NEWPID, False), (c.CLONE_NEWUSER | c.CLONE_NEWPID, True)):
+        try:
+            c.probe(flags, map_ids)
+        except OSError as exc:
+            logger.debug("probe clone3(0x%x): %s", flags, exc)
+            failure = exc
+            continue
+        _NAMESPACE_FLAGS[os.getpid()] = (flags, map_ids)
+        return flags, map_ids
+    assert failure is not None
+    raise failure
+
+
+def _cgroup2_controllers() -> Optional[set]:
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1] for line in f if line.split()[2:3] == ["cgroup2"]]
+        if not mounts:
+            return None
+        with open(os.path.join(mounts[0], "cgroup.controllers")) as f:
+            return set(f.read().split())
+    except OSError:
+        return None
+
+
+def _limits_unsupported(options: JobOptions) -> UnsupportedError:
+    asked = [name for name in ("memory_limit", "process_memory_limit", "process_limit", "cpu_rate")
+             if getattr(options, name) is not None]
+    controllers = _cgroup2_controllers()
+    where = ("no cgroup v2 hierarchy is mounted" if controllers is None
+             else f"cgroup v2 controllers available here: {' '.join(sorted(controllers)) or 'none'}")
+    return UnsupportedError(
+        errno.EOPNOTSUPP, f"{', '.join(asked)}: job limits on Linux need delegated cgroup v2 "
+        f"controllers (memory, pids, cpu), which pgjob does not drive yet ({where})")
+
+
+def open_job(options: JobOptions) -> JobBackend:
+    if options.has_limits:
+        # A limit the user asked for and we can't enforce is an error, never a silent no-op.
+        raise _limits_unsupported(options)
+    wanted = options.mechanism
+    if wanted == "none":
+        return UnprotectedJob(options)
+    if wanted == "job_object":
+        raise UnsupportedError(errno.EOPNOTSUPP, "mechanism 'job_object' is Windows-only")
+    if wanted == "pdeathsig":
+        return PdeathsigJob(options)
+    try:
+        flags, map_ids = namespace_flags()
+    except OSError as exc:
+        err = _errors.classify(exc, "create")
+        if wanted == "pid_namespace" or options.on_unavailable == "raise":
+            if err is exc:
+                raise
+            raise err from exc
+        logger.warning(
+            "PID namespaces are unavailable: %s (errno %s); falling back to mechanism=pdeathsig: "
+            "processes started with job.popen() are SIGKILLed when this process dies, but "
+            "their own children (and daemons) survive that and are killed only by "
+            "close()/terminate(), if still found", exc.strerror or exc, exc.errno)
+        return PdeathsigJob(options)
+    logger.debug("mechanism pid_namespace (clone flags 0x%x%s)", flags,
+                 ", unprivileged user namespace" if map_ids else "")
+    return NamespaceJob(options, flags, map_ids)
+
+
+def in_job(pid: Optional[int]) -> bool:
+    """In a pgjob-made PID namespace? For this process: are its children put in one (after
+    protect_children()), or is it itself below the initial namespace? For another process:
+    is it nested deeper than we are?"""
+    try:
+        if pid is None or pid == os.getpid():
+            if _pid_namespace("self") != _pid_namespace_for_children():
+                return True
+            return _nspid_depth("self") > 1
+        return _nspid_depth(pid) > _nspid_depth("self")
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessExitedError(errno.ESRCH, f"no process with pid {pid}") from exc
+
+
+def _pid_namespace_for_children() -> Optional[tuple]:
+    try:
+        st = os.stat("/proc/thread-self/ns/pid_for_children")
+    except OSError:
+        return _pid_namespace("self")  # no such link before Linux 4.12
+    return (st.st_dev, st.st_ino)
