@@ -166,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="shared: COMMAND stays in pgjob's process group, so the terminal "
                           "(console) delivers Ctrl-C to it directly and interactive programs "
                           "keep the terminal (default on POSIX). new: COMMAND leads a new "
-                          "process group; pgjob forwards signals to that group, and on Windows "
-                          "sends it CTRL_BREAK_EVENT (default on Windows)")
+                          "process group that terminal signals don't reach, so only pgjob's "
+                          "forwarding does; on Windows pgjob then sends that group "
+                          "CTRL_BREAK_EVENT (default on Windows)")
     verbosity = run.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="count", default=0,
                            help="pgjob's own log lines on stderr: -v info, -vv debug")
@@ -336,10 +337,11 @@ class _Forwarder:
                 logger.info("%s: sent CTRL_BREAK_EVENT to COMMAND's process group", name)
             elif self._terminal_already_delivered(number):
                 logger.info("%s came from the terminal, which sent it to COMMAND too", name)
-            elif self.process_group == "new":
-                os.killpg(popen.pid, number)
-                logger.info("forwarded %s to COMMAND's process group %d", name, popen.pid)
             else:
+                # To COMMAND only, as systemd's KillMode=mixed does: it stops its own children
+                # its own way (a postmaster shuts its backends down in order), and whatever is
+                # left when it exits dies with the job. Under pid_namespace popen.pid is the
+                # namespace's init, which passes the signal on to COMMAND.
                 os.kill(popen.pid, number)
                 logger.info("forwarded %s to COMMAND (pid %d)", name, popen.pid)
         except ProcessLookupError:
@@ -366,10 +368,7 @@ class _Forwarder:
             return
         number = signal.SIGTERM if number is None else number
         try:
-            if self.process_group == "new":
-                os.killpg(popen.pid, number)
-            else:
-                os.kill(popen.pid, number)
+            os.kill(popen.pid, number)
             logger.info("timeout: sent %s to COMMAND", signal.Signals(number).name)
         except ProcessLookupError:
             pass  # exited just now

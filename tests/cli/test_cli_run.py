@@ -125,7 +125,7 @@ def test_stop_signal_is_forwarded_to_command(reaper, signum):
 
 
 @posix_only
-def test_new_process_group_forwards_to_the_whole_group(reaper):
+def test_new_process_group_still_gets_forwarded_signals(reaper):
     token = reaper.token()
     proc = reaper.start([*pgjob_run("--process-group", "new", "--"), *actor("signals", token)])
     proc.read_json()

@@ -95,6 +95,9 @@ class Cluster:
         self.datadir = os.path.join(root, "data")
         self.sockdir = os.path.join(root, "sock")
         self.logfile = os.path.join(root, "server.log")
+        # pg_ctl runs as the server user and must create its own log (server.log is the root
+        # wrapper's).
+        self.pg_ctl_log = os.path.join(root, "pg_ctl.log")
         self.port = free_port()
         self.as_root = os.geteuid() == 0
         self.user = SERVER_USER if self.as_root else pwd.getpwuid(os.geteuid()).pw_name
@@ -141,7 +144,7 @@ class Cluster:
         return self.run_as_server_user([self.tool("pg_ctl"), "-D", self.datadir, *args])
 
     def pg_ctl_start(self):
-        return self.pg_ctl("-l", self.logfile, "-w", "-t", "60",
+        return self.pg_ctl("-l", self.pg_ctl_log, "-w", "-t", "60",
                            "-o", " ".join(self.server_options()), "start")
 
     def psql_command(self, *extra):
@@ -156,7 +159,7 @@ class Cluster:
 
     def accepting(self):
         result = subprocess.run([self.tool("pg_isready"), "-h", self.sockdir, "-p", str(self.port),
-                                 "-t", "1"], capture_output=True, stdin=subprocess.DEVNULL)
+                                 "-U", self.user, "-d", "postgres", "-t", "1"], capture_output=True, stdin=subprocess.DEVNULL)
         return result.returncode == 0
 
     def wait_ready(self, owner=None, timeout=READY_WITHIN):
@@ -172,7 +175,7 @@ class Cluster:
 
     def log_tail(self, lines=30):
         text = ""
-        for path in (self.logfile, os.path.join(self.root, "wrapper.log")):
+        for path in (self.logfile, os.path.join(self.root, "wrapper.log"), self.pg_ctl_log):
             try:
                 with open(path, errors="replace") as f:
                     text += f"--- {path}\n" + "".join(f.readlines()[-lines:])
