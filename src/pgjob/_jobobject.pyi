@@ -81,3 +81,52 @@ if sys.platform == "win32":
     ERROR_BAD_EXE_FORMAT: int
     STILL_ACTIVE: int
     WAIT_TIMEOUT: int
+
+if sys.platform == "linux":
+    # linux_spawn.c
+    def spawn(
+        argv: list[bytes],
+        executables: list[bytes],
+        env: list[bytes] | None,
+        cwd: bytes | None,
+        close_fds: bool,
+        fds_to_keep: tuple[int, ...],
+        p2cread: int,
+        p2cwrite: int,
+        c2pread: int,
+        c2pwrite: int,
+        errread: int,
+        errwrite: int,
+        errpipe_read: int,
+        errpipe_write: int,
+        restore_signals: bool,
+        start_new_session: bool,
+        process_group: int,
+        gid: int,
+        extra_groups: tuple[int, ...] | None,
+        uid: int,
+        umask: int,
+        clone_flags: int,
+        watch_owner: bool,
+        map_ids: bool,
+        chdir_marker: bool,
+        /,
+    ) -> tuple[int, int, int]: ...
+    # linux_job.c
+    def probe(clone_flags: int, map_ids: bool, /) -> None: ...
+    def unshare(flags: int, /) -> None: ...
+    def setns(fd: int, nstype: int, /) -> None: ...
+    def start_reaper(arm_pdeathsig: bool, /) -> tuple[int, int]: ...
+
+    CLONE_NEWPID: int
+    CLONE_NEWUSER: int
+    PGJOB_INIT_FAILED_EXIT: int
+    PGJOB_INIT_OWNER_GONE_EXIT: int
+    EPERM: int
+    EACCES: int
+    EINVAL: int
+    ENOSPC: int
+    EUSERS: int
+    ENOSYS: int
+    ESRCH: int
+    EAGAIN: int

@@ -1,0 +1,55 @@
+"""`mypy --strict` on a user's program (examples/typed_usage.py) passes against pgjob's
+py.typed package and its extension stub, for each platform the stub distinguishes."""
+import os
+import sys
+
+import pytest
+
+import pgjob
+
+api = pytest.importorskip("mypy.api", reason="mypy is not installed (pip install mypy)")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLE = os.path.join(ROOT, "examples", "typed_usage.py")
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pgjob.__file__)))
+
+# As for any installed py.typed package, the user sees their own errors, not pgjob's internals.
+CONFIG = """\
+[mypy]
+strict = True
+warn_unused_configs = True
+
+[mypy-pgjob.*]
+follow_imports = silent
+"""
+
+
+@pytest.mark.parametrize("platform", ["linux", "win32", "darwin"])
+def test_user_code_passes_mypy_strict(tmp_path, monkeypatch, platform):
+    config = tmp_path / "mypy.ini"
+    config.write_text(CONFIG)
+    monkeypatch.setenv("MYPYPATH", PACKAGE_ROOT)
+    stdout, stderr, status = api.run([
+        "--config-file", str(config), "--cache-dir", str(tmp_path / "cache"),
+        "--platform", platform, "--python-version", f"{sys.version_info[0]}.{sys.version_info[1]}",
+        EXAMPLE])
+    assert status == 0, stdout + stderr
+    assert "Success: no issues found" in stdout
+
+
+def test_stub_and_marker_ship_with_the_package():
+    here = os.path.dirname(os.path.abspath(pgjob.__file__))
+    assert os.path.isfile(os.path.join(here, "py.typed"))
+    assert os.path.isfile(os.path.join(here, "_jobobject.pyi"))
+
+
+def test_stub_names_what_the_extension_has():
+    """Every function and constant the built extension exports is declared in the stub."""
+    from pgjob import _jobobject
+
+    here = os.path.dirname(os.path.abspath(pgjob.__file__))
+    with open(os.path.join(here, "_jobobject.pyi")) as f:
+        stub = f.read()
+    missing = [name for name in dir(_jobobject)
+               if not name.startswith("_") and f"def {name}(" not in stub and f"{name}:" not in stub]
+    assert not missing, f"not in _jobobject.pyi: {missing}"
