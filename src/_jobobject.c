@@ -24,8 +24,9 @@ static PyMethodDef jobobject_methods[] = {
     {"QueryJobProcessIdList", win_QueryJobProcessIdList, METH_VARARGS,
      "QueryJobProcessIdList(job) -> list[int]"},
     {"QueryJobAccounting", win_QueryJobAccounting, METH_VARARGS,
-     "QueryJobAccounting(job) -> (total_processes, active_processes, terminated_processes,"
-     " user_time_100ns, kernel_time_100ns, read_bytes, write_bytes)"},
+     "QueryJobAccounting(job, include_io) -> (total_processes, active_processes,"
+     " terminated_processes, user_time_100ns, kernel_time_100ns, read_bytes, write_bytes)\n\n"
+     "Without include_io the basic class is queried and the byte counts are 0."},
     {"GetProcessHandleCount", win_GetProcessHandleCount, METH_VARARGS,
      "GetProcessHandleCount(process_handle) -> int"},
     {"WineVersion", win_WineVersion, METH_NOARGS,
@@ -65,8 +66,9 @@ static PyMethodDef jobobject_methods[] = {
      "probe(clone_flags, map_ids) -> None: create and reap a child in new namespaces, or raise."},
     {"unshare", linux_unshare, METH_VARARGS, "unshare(flags) -> None"},
     {"setns", linux_setns, METH_VARARGS, "setns(fd, nstype) -> None"},
-    {"start_reaper", linux_start_reaper, METH_NOARGS,
-     "start_reaper() -> (pid, pidfd): fork the init that reaps orphans and exits with the owner."},
+    {"start_reaper", linux_start_reaper, METH_VARARGS,
+     "start_reaper(arm_pdeathsig) -> (pid, pidfd): fork the init that reaps orphans and exits\n"
+     "with the owner (pidfd; plus PR_SET_PDEATHSIG if arm_pdeathsig)."},
 #endif
     {NULL, NULL, 0, NULL},
 };

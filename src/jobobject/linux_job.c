@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -88,11 +89,14 @@ linux_setns(PyObject *self, PyObject *args)
  * reparented to it and exits when the owner process is gone (the kernel then kills every
  * process in the namespace). Every signal stays blocked: nothing but SIGKILL ends it. */
 static void
-reaper_main(int owner_pidfd)
+reaper_main(int owner_pidfd, int arm_pdeathsig)
 {
     sigset_t chld;
     int sfd, keep[2];
 
+    /* For a stopped reaper, which can't poll: see namespace_init() in linux_spawn.c. */
+    if (arm_pdeathsig && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+        _exit(PGJOB_INIT_FAILED_EXIT);
     signal(SIGCHLD, SIG_DFL);
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
@@ -130,20 +134,22 @@ reaper_main(int owner_pidfd)
     }
 }
 
-/* start_reaper() -> (pid, pidfd)
+/* start_reaper(arm_pdeathsig) -> (pid, pidfd)
  * Fork the reaper. Called right after unshare(CLONE_NEWPID), so it is the first process of
  * the new namespace, its PID 1; it watches the owner through a pidfd, which turns readable
  * when the whole process has exited (PR_SET_PDEATHSIG would fire when the calling *thread*
- * exits). */
+ * exits). arm_pdeathsig adds PR_SET_PDEATHSIG(SIGKILL) for a stopped reaper; only safe
+ * when the calling thread lives as long as the process. */
 PyObject *
 linux_start_reaper(PyObject *self, PyObject *args)
 {
-    int owner_pidfd, pidfd = -1, saved_errno;
+    int owner_pidfd, pidfd = -1, saved_errno, arm_pdeathsig;
     sigset_t all, old;
     pid_t pid;
 
     (void)self;
-    (void)args;
+    if (!PyArg_ParseTuple(args, "p:start_reaper", &arm_pdeathsig))
+        return NULL;
     if ((owner_pidfd = pgjob_pidfd_open_self()) < 0)
         return pgjob_last_error("pidfd_open");
     sigfillset(&all);
@@ -151,7 +157,7 @@ linux_start_reaper(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     pid = pgjob_clone3(0, &pidfd);
     if (pid == 0)
-        reaper_main(owner_pidfd); /* never returns */
+        reaper_main(owner_pidfd, arm_pdeathsig); /* never returns */
     saved_errno = errno;
     Py_END_ALLOW_THREADS
     pthread_sigmask(SIG_SETMASK, &old, NULL);

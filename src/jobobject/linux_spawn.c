@@ -393,6 +393,12 @@ namespace_init(struct spawn_config *c)
      * queued even for an init, so signalfd sees what the host sends us. */
     reset_signal_handlers();
     signal(SIGCHLD, SIG_DFL); /* SIG_IGN would auto-reap the program and lose its status */
+    /* Second line of defence for a *stopped* init, which can't poll the owner's pidfd: the
+     * kernel's SIGKILL reaches it anyway (forced: it comes from an ancestor namespace). Python
+     * spawns from a thread that lives as long as the process, so this can't fire early; the
+     * race with an owner that died before this line is covered by the pidfd, readable then. */
+    if (c->owner_pidfd >= 0 && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+        goto fail;
     if (c->map_ids && pgjob_map_own_ids(c->outer_uid, c->outer_gid) < 0)
         goto fail;
     pgjob_forwarded_signals(&watched);

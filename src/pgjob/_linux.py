@@ -468,9 +468,12 @@ class NamespaceJob(_LinuxJob):
         self._reaper: Optional[_Member] = None  # protect_children(): our own namespace's PID 1
 
     def _spawn_member(self, fork_exec_args: tuple) -> tuple:
-        # The init watches the owner through a pidfd (the whole process, not the calling
-        # thread), so spawning from any thread is safe.
-        return _spawn(fork_exec_args, self._clone_flags, self.options.kill_on_close, self._map_ids)
+        if not self.options.kill_on_close:
+            return _spawn(fork_exec_args, self._clone_flags, False, self._map_ids)
+        # The init watches the owner through a pidfd (the whole process), and also arms
+        # PR_SET_PDEATHSIG for when it is stopped and can't poll; that one follows the parent
+        # *thread*, hence the long-lived spawning thread.
+        return _SPAWN_THREAD.call(_spawn, fork_exec_args, self._clone_flags, True, self._map_ids)
 
     def _member_namespace(self, pid: int) -> Optional[tuple]:
         # None if the init already exited: then its namespace is empty for good.
@@ -517,7 +520,8 @@ class NamespaceJob(_LinuxJob):
             _map_own_ids()
             logger.debug("unshare(CLONE_NEWUSER|CLONE_NEWPID) and mapped uid %d", os.geteuid())
         try:
-            pid, pidfd = c.start_reaper()
+            # PR_SET_PDEATHSIG only from the main thread: it fires when the parent thread exits.
+            pid, pidfd = c.start_reaper(threading.current_thread() is threading.main_thread())
         except BaseException:
             _leave_pid_namespace_for_children()
             raise
