@@ -257,19 +257,27 @@ PyObject *
 win_QueryJobAccounting(PyObject *self, PyObject *args)
 {
     unsigned long long job;
+    int include_io;
     JOBOBJECT_BASIC_AND_IO_ACCOUNTING_INFORMATION info;
     BOOL ok;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT ":QueryJobAccounting", &job))
+    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT "p:QueryJobAccounting", &job, &include_io))
         return NULL;
     ZeroMemory(&info, sizeof(info));
+    /* BasicInfo is the first member, so the basic class fills the same struct's head. */
     Py_BEGIN_ALLOW_THREADS
-    ok = QueryInformationJobObject(PGJOB_H(job), JobObjectBasicAndIoAccountingInformation, &info,
-                                   sizeof(info), NULL);
+    if (include_io)
+        ok = QueryInformationJobObject(PGJOB_H(job), JobObjectBasicAndIoAccountingInformation,
+                                       &info, sizeof(info), NULL);
+    else
+        ok = QueryInformationJobObject(PGJOB_H(job), JobObjectBasicAccountingInformation,
+                                       &info.BasicInfo, sizeof(info.BasicInfo), NULL);
     Py_END_ALLOW_THREADS
     if (!ok)
-        return pgjob_last_error("QueryInformationJobObject(JobObjectBasicAndIoAccountingInformation)");
+        return pgjob_last_error(include_io
+            ? "QueryInformationJobObject(JobObjectBasicAndIoAccountingInformation)"
+            : "QueryInformationJobObject(JobObjectBasicAccountingInformation)");
     return Py_BuildValue("(kkkLLKK)", (unsigned long)info.BasicInfo.TotalProcesses,
                          (unsigned long)info.BasicInfo.ActiveProcesses,
                          (unsigned long)info.BasicInfo.TotalTerminatedProcesses,

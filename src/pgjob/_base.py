@@ -114,11 +114,18 @@ class EventKind(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class JobEvent:
-    """One notification about the job. `pid` is None for job-wide events."""
+    """One notification about the job. `pid` is None for job-wide events.
+
+    ABNORMAL_EXIT_PROCESS means the member died from an exception or a signal: on Windows an
+    exit code with NTSTATUS error severity (0xC0000005 ...), reported as such even where the
+    kernel posted a plain exit (fast-fail codes, Wine). `os_message` keeps the kernel's own
+    message code (Windows JOB_OBJECT_MSG_*), None where the event has no kernel message.
+    """
 
     kind: EventKind
     pid: Optional[int] = None
     exit_code: Optional[int] = None
+    os_message: Optional[int] = None
 
 
 class JobBackend:

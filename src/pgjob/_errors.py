@@ -44,6 +44,10 @@ class LimitExceededError(JobError):
     """A job limit (active processes, memory) refused the operation."""
 
 
+#: The .syscall the C layer names when setting CPU-rate control fails (win_job.c).
+CPU_RATE_SYSCALL = "SetInformationJobObject(JobObjectCpuRateControlInformation)"
+
+
 def _windows_table() -> dict[int, type[JobError]]:
     from . import _jobobject as c
 
@@ -106,6 +110,9 @@ def _class_for(exc: OSError, operation: str, target_exited: bool) -> type[JobErr
 
         if winerror == c.ERROR_ACCESS_DENIED and operation in ("assign", "assign_current"):
             return AlreadyInJobError
+        if winerror == c.ERROR_INVALID_PARAMETER and getattr(exc, "syscall", "") == CPU_RATE_SYSCALL:
+            # Windows 7 (and Wine 8) don't know the CPU-rate information class at all.
+            return UnsupportedError
         if winerror == c.ERROR_ACCESS_DENIED and operation == "create":
             # No right to create a job here (sandbox, restricted token): not available.
             return UnsupportedError

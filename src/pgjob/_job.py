@@ -93,7 +93,12 @@ class Job:
             impl = _backend.open_job(self._options)
         except OSError as exc:
             err = _errors.classify(exc, "create")
-            if not isinstance(err, _UNAVAILABLE) or self._options.on_unavailable == "raise":
+            # A job with limits never falls back: "none" can't enforce them, and an
+            # unenforced limit must not pass silently.
+            if (not isinstance(err, _UNAVAILABLE) or self._options.on_unavailable == "raise"
+                    or self._options.has_limits):
+                if err is exc:
+                    raise
                 raise err from exc
             _log_unprotected("could not create a job", err)
             impl = _unprotected.UnprotectedJob(self._options)

@@ -19,11 +19,13 @@ from ._base import EventKind, JobBackend, JobEvent, JobOptions, JobStats
 from ._errors import ProcessExitedError
 from ._log import logger
 
+_PROCESS_QUERY_INFORMATION = 0x0400
 _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
 _PROCESS_SET_QUOTA = 0x0100
 _PROCESS_TERMINATE = 0x0001
 _SYNCHRONIZE = 0x00100000
 _CURRENT_PROCESS = _winapi.GetCurrentProcess()
+_NTSTATUS_ERROR = 0xC0000000  # severity bits of an error NTSTATUS: an exception exit code
 
 _EVENT_KINDS = {
     c.JOB_OBJECT_MSG_NEW_PROCESS: EventKind.NEW_PROCESS,
@@ -42,6 +44,7 @@ _PID_MESSAGES = {c.JOB_OBJECT_MSG_NEW_PROCESS, c.JOB_OBJECT_MSG_EXIT_PROCESS,
                  c.JOB_OBJECT_MSG_END_OF_PROCESS_TIME}
 
 _JOB_LIST_SUPPORTED: Optional[bool] = None
+_IO_ACCOUNTING = True
 
 
 def _use_job_list() -> bool:
@@ -242,7 +245,21 @@ class WindowsJob(JobBackend):
                 _winapi.CloseHandle(h)
 
     def stats(self) -> JobStats:
-        total, active, terminated, user, kernel, read, write = c.QueryJobAccounting(self.handle)
+        global _IO_ACCOUNTING
+        try:
+            values = c.QueryJobAccounting(self.handle, _IO_ACCOUNTING)
+        except OSError as exc:
+            # The combined class is missing on some implementations (Wine 8); the basic
+            # one is everywhere. Remember, so the fallback costs one failed call per process.
+            if not _IO_ACCOUNTING or exc.winerror not in (c.ERROR_INVALID_FUNCTION,
+                                                          c.ERROR_NOT_SUPPORTED,
+                                                          c.ERROR_CALL_NOT_IMPLEMENTED):
+                raise
+            _IO_ACCOUNTING = False
+            values = c.QueryJobAccounting(self.handle, False)
+        total, active, terminated, user, kernel, read, write = values
+        if not _IO_ACCOUNTING:
+            read = write = None
         limits = c.QueryJobExtendedLimits(self.handle)
         peak_process, peak_job = limits[4], limits[5]
         return JobStats(active_processes=active, total_processes=total,
@@ -263,7 +280,11 @@ class WindowsJob(JobBackend):
         exit_code = None
         if msg == c.JOB_OBJECT_MSG_ABNORMAL_EXIT_PROCESS or msg == c.JOB_OBJECT_MSG_EXIT_PROCESS:
             exit_code = _exit_code_of(pid)
-        return JobEvent(kind, pid, exit_code)
+            if exit_code is not None and exit_code >= _NTSTATUS_ERROR:
+                # Died from an exception. Windows only posts ABNORMAL for codes on its own
+                # list (fast-fail 0xC0000409 arrives as a plain exit; Wine never posts it).
+                kind = EventKind.ABNORMAL_EXIT_PROCESS
+        return JobEvent(kind, pid, exit_code, msg)
 
     def wait(self, timeout: Optional[float]) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -342,7 +363,12 @@ def open_job(options: JobOptions) -> JobBackend:
 def in_job(pid: Optional[int]) -> bool:
     if pid is None or pid == os.getpid():
         return c.IsProcessInJob(_CURRENT_PROCESS, 0)
-    h = _winapi.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    try:
+        h = _winapi.OpenProcess(_PROCESS_QUERY_INFORMATION, False, pid)
+    except PermissionError:
+        # Protected processes only grant the limited right, which Windows accepts here
+        # (Wine wants the full one, which is why it is tried first).
+        h = _winapi.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
     try:
         return c.IsProcessInJob(h, 0)
     finally:
