@@ -1,0 +1,63 @@
+"""The public contract, the same on every platform: names, exception hierarchy, argument
+checking, and an honest `mechanism`."""
+import errno
+import subprocess
+import sys
+
+import pytest
+
+import pgjob
+
+
+def test_public_names():
+    for name in ("Job", "Popen", "protect_children", "in_job", "JobStats", "JobEvent",
+                 "EventKind", "JobError", "AlreadyInJobError", "ProcessExitedError",
+                 "JobClosedError", "UnsupportedError", "LimitExceededError", "ProcessHandle"):
+        assert name in pgjob.__all__ and hasattr(pgjob, name)
+    assert issubclass(pgjob.Popen, subprocess.Popen)
+
+
+@pytest.mark.parametrize("cls", [pgjob.AlreadyInJobError, pgjob.ProcessExitedError,
+                                 pgjob.JobClosedError, pgjob.UnsupportedError,
+                                 pgjob.LimitExceededError])
+def test_every_error_is_an_oserror_under_job_error(cls):
+    assert issubclass(cls, pgjob.JobError) and issubclass(cls, OSError)
+    err = cls(errno.EPERM, "message")
+    assert err.errno == errno.EPERM and err.strerror == "message"
+
+
+def test_mechanism_is_named_and_closing_is_idempotent():
+    job = pgjob.Job()
+    assert job.mechanism in ("job_object", "pid_namespace", "pdeathsig", "none")
+    assert not job.closed and job.mechanism in repr(job)
+    job.close()
+    job.close()
+    assert job.closed and "closed" in repr(job)
+
+
+def test_job_options_are_kept_validated():
+    options = pgjob.JobOptions(kill_on_close=False, process_limit=3, cpu_rate=25)
+    assert options.process_limit == 3 and options.cpu_rate == 25.0 and options.has_limits
+    with pgjob.Job(kill_on_close=False) as job:
+        assert job.options.kill_on_close is False and not job.options.has_limits
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    ({"kill_on_close": 1}, TypeError),
+    ({"name": 5}, TypeError),
+    ({"name": "a\0b"}, ValueError),
+    ({"memory_limit": -1}, ValueError),
+    ({"memory_limit": 2**70}, ValueError),
+    ({"process_limit": 0}, ValueError),
+    ({"process_limit": "3"}, TypeError),
+    ({"cpu_rate": 0}, ValueError),
+    ({"cpu_rate": float("nan")}, ValueError),
+    ({"cpu_rate": 101}, ValueError),
+    ({"on_unavailable": "ignore"}, ValueError),
+    ({"mechanism": "magic"}, ValueError),
+])
+def test_bad_options(kwargs, exc):
+    with pytest.raises(exc):
+        pgjob.Job(**kwargs)
+
+

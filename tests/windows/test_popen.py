@@ -1,0 +1,112 @@
+"""job.popen is subprocess.Popen: everything Popen does keeps working through the job spawn path."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import pgjob
+from conftest import actor_command
+
+PY = sys.executable
+CREATE_SUSPENDED = 0x4
+CREATE_NEW_PROCESS_GROUP = 0x200
+
+
+def test_is_a_popen_and_a_member(job):
+    p = job.popen([PY, "-c", "pass"])
+    assert isinstance(p, subprocess.Popen) and isinstance(p, pgjob.Popen)
+    assert p.spawn_path in ("job_list", "suspended")
+    assert p.wait(60) == 0
+
+
+def test_pipes_and_communicate_bytes(job):
+    p = job.popen([PY, "-c", "import sys; data = sys.stdin.buffer.read(); "
+                   "sys.stdout.buffer.write(data[::-1]); sys.stderr.write('err')"],
+                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate(b"abc\x00def", timeout=60)
+    assert out == b"fed\x00cba" and err == b"err" and p.returncode == 0
+
+
+def test_text_mode_stderr_to_stdout(job):
+    p = job.popen([PY, "-c", "import sys; print('out'); print('err', file=sys.stderr)"],
+                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(timeout=60)
+    assert sorted(out.split()) == ["err", "out"]
+
+
+def test_env_and_cwd(job, tmp_path):
+    env = dict(os.environ, PGJOB_TEST_VALUE="héllo wörld")
+    p = job.popen([PY, "-c", "import os; print(os.environ['PGJOB_TEST_VALUE']); print(os.getcwd())"],
+                  stdout=subprocess.PIPE, env=env, cwd=str(tmp_path), encoding="utf-8")
+    out, _ = p.communicate(timeout=60)
+    value, cwd = out.splitlines()
+    assert value == "héllo wörld"
+    assert os.path.normcase(cwd) == os.path.normcase(str(tmp_path))
+
+
+def test_empty_environment_value_and_minimal_env(job):
+    base = {k: os.environ[k] for k in ("SYSTEMROOT", "PATH", "PYTHONPATH") if k in os.environ}
+    p = job.popen([PY, "-c", "import os; print(repr(os.environ.get('EMPTY')))"],
+                  stdout=subprocess.PIPE, text=True, env=dict(base, EMPTY=""))
+    assert p.communicate(timeout=60)[0].strip() == "''"
+
+
+def test_returncode_and_timeout(job, reaper):
+    assert job.popen([PY, "-c", "raise SystemExit(42)"]).wait(60) == 42
+    sleeper = reaper.start(actor_command("sleeper"), spawn=job.popen)
+    sleeper.read_json()
+    with pytest.raises(subprocess.TimeoutExpired):
+        sleeper.popen.wait(timeout=0.1)
+    sleeper.popen.terminate()
+    assert sleeper.popen.wait(30) == 1
+
+
+def test_run_style_check_output_through_job(job):
+    p = job.popen([PY, "-c", "print(2 + 2)"], stdout=subprocess.PIPE, text=True)
+    assert p.communicate(timeout=60)[0] == "4\n"
+
+
+def test_shell_true(job):
+    p = job.popen("echo pgjob", shell=True, stdout=subprocess.PIPE, text=True)
+    assert p.communicate(timeout=60)[0].strip() == "pgjob"
+
+
+def test_missing_program_is_file_not_found(job):
+    with pytest.raises(FileNotFoundError):
+        job.popen(["C:\\no\\such\\program.exe"])
+    assert job.pids() == []
+
+
+def test_caller_creationflags_are_preserved_and_suspended_child_stays_suspended(job, reaper):
+    p = job.popen([PY, "-c", "print('ran', flush=True)"], stdout=subprocess.PIPE, text=True,
+                  creationflags=CREATE_SUSPENDED | CREATE_NEW_PROCESS_GROUP)
+    reaper.track(p.pid)
+    assert job.contains(p)
+    with pytest.raises(subprocess.TimeoutExpired):
+        p.wait(timeout=1.0)  # suspended: it cannot have run
+    p.resume()
+    assert p.communicate(timeout=60)[0] == "ran\n"
+    with pytest.raises(ValueError):
+        p.resume()
+
+
+def test_close_fds_false_and_handle_inheritance(job):
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    import msvcrt
+    handle = msvcrt.get_osfhandle(w)
+    si = subprocess.STARTUPINFO(lpAttributeList={"handle_list": [handle]})
+    p = job.popen([PY, "-c", f"import msvcrt, os; fd = msvcrt.open_osfhandle({handle}, 0); "
+                   "os.write(fd, b'through'); os.close(fd)"], startupinfo=si, close_fds=True)
+    os.close(w)
+    assert p.wait(60) == 0
+    with os.fdopen(r, "rb") as f:
+        assert f.read() == b"through"
+
+
+def test_pgjob_popen_without_job_makes_a_private_job(reaper):
+    with pgjob.Popen([PY, "-c", "pass"]) as p:
+        assert p.job.mechanism == "job_object"
+        assert p.wait(60) == 0
+    assert p.job.closed
