@@ -104,6 +104,20 @@ def test_protect_children_raise_mode(monkeypatch, fresh_protection):
     assert _job._PROTECTION is None
 
 
+def test_nesting_really_refused_is_already_in_job(reaper):
+    """The kernel's nesting rule: a process already in job A may only join a job that is
+    empty or already nested under A. Joining a busy, unrelated job is refused for real."""
+    with pgjob.Job() as a, pgjob.Job() as busy:
+        resident = reaper.start(actor_command("sleeper"), spawn=busy.popen)
+        in_a = reaper.start(actor_command("sleeper"), spawn=a.popen)
+        resident.read_json(), in_a.read_json()
+        with pytest.raises(pgjob.AlreadyInJobError) as info:
+            busy.assign(in_a.popen)
+        assert info.value.winerror == ERROR_ACCESS_DENIED
+        assert info.value.__cause__.syscall == "AssignProcessToJobObject"
+        assert busy.pids() == [resident.pid] and a.pids() == [in_a.pid]
+
+
 def test_owner_inside_another_job_really_nested(reaper, job):
     """A real owner started inside our job calls protect_children(): Windows 8+ nests the
     jobs (protection on); where nesting is refused, it must log and continue unprotected."""
