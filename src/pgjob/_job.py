@@ -324,7 +324,9 @@ class Popen(subprocess.Popen):
     """subprocess.Popen whose child is a member of `job` before it runs its first instruction.
 
     Everything subprocess.Popen accepts works the same. Without `job`, a private
-    kill-on-close job is made for this child and closed when the Popen's `with` block ends.
+    kill-on-close job is made for this child (`p.job`): it is closed when the Popen's `with`
+    block ends, or when the Popen object is garbage-collected, and the tree dies with it.
+    Keep a reference for as long as the child should live.
     """
 
     def __init__(self, args: Any, *, job: Optional[Job] = None, **kwargs: Any) -> None:
