@@ -570,11 +570,13 @@ class PdeathsigJob(_LinuxJob):
         return pid in self.pids()
 
     def _others_alive(self) -> bool:
-        # Exited members are zombies until Popen reaps them; their children are still ours.
+        """Descendants of members that exited but are not reaped yet (zombies: their pid
+        can't have been reused). Once Popen reaps one, its children are reparented away and
+        out of our sight: the documented limit of this mechanism."""
         with self._lock:
-            roots = [m.pid for m in self._members]
-        return len(_descendants(roots)) > len([p for p in roots if _stat_fields(p) is not None
-                                               and _stat_fields(p)[0] != b"Z"])
+            exited = [m.pid for m in self._members if m.exited]
+        zombies = [pid for pid in exited if (_stat_fields(pid) or [b""])[0] == b"Z"]
+        return bool(zombies) and len(_descendants(zombies)) > len(zombies)
 
     def terminate(self, exit_code: int) -> None:
         # Stop the whole tree first, so nobody forks or reparents while we kill it.

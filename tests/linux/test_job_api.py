@@ -1,0 +1,195 @@
+"""The Job API on Linux: choosing and forcing a mechanism, the logged fallback when the kernel
+refuses namespaces (simulated with the real errno), limits and assign() refused loudly, and
+pids/contains/terminate/stats/events/wait over whole trees."""
+import errno
+import logging
+import os
+import signal
+import subprocess
+
+import pytest
+
+import pgjob
+from pgjob import _jobobject, _linux
+from conftest import wait_until
+
+pytestmark = pytest.mark.linux
+
+
+@pytest.fixture
+def no_namespaces(monkeypatch):
+    """The kernel refusing PID namespaces, as user.max_pid_namespaces=0 does: ENOSPC from clone3."""
+    def refuse(flags, map_ids):
+        exc = OSError(errno.ENOSPC, "clone3 failed: No space left on device")
+        exc.syscall = "clone3"
+        raise exc
+
+    monkeypatch.setattr(_jobobject, "probe", refuse)
+    monkeypatch.setattr(_linux, "_NAMESPACE_FLAGS", {})
+
+
+def _tree(job):
+    """A member with grandchildren, returned once every process has started. In a PID
+    namespace one of them is a setsid'd double fork; "pdeathsig" finds members by parent
+    links, which such a daemon has cut (docs/linux.md), so there it is a plain subshell."""
+    daemon = "setsid sh -c 'sleep 1000 & echo d' &" if job.mechanism == "pid_namespace" else \
+        "sh -c 'sleep 1000 & echo d; wait' &"
+    p = job.popen(["sh", "-c", "sleep 1000 & " + daemon + " wait"], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"d\n"
+    return p
+
+
+def test_default_mechanism_is_pid_namespace(job_factory):
+    assert job_factory().mechanism == "pid_namespace"
+
+
+@pytest.mark.parametrize("mechanism", ["pid_namespace", "pdeathsig", "none"])
+def test_forced_mechanism(job_factory, mechanism):
+    job = job_factory(mechanism=mechanism)
+    assert job.mechanism == mechanism
+    assert job.popen(["true"]).wait(10) == 0
+
+
+def test_job_object_mechanism_is_refused(job_factory, caplog):
+    with pytest.raises(pgjob.UnsupportedError):
+        job_factory(mechanism="job_object", on_unavailable="raise")
+    with caplog.at_level(logging.WARNING, logger="pgjob"):
+        assert job_factory(mechanism="job_object").mechanism == "none"
+    assert "orphan protection is off" in caplog.text
+
+
+def test_fallback_logs_what_failed_and_what_remains(job_factory, no_namespaces, caplog):
+    with caplog.at_level(logging.WARNING, logger="pgjob"):
+        job = job_factory()
+    assert job.mechanism == "pdeathsig"
+    message = caplog.records[-1].getMessage()
+    assert "No space left on device" in message and "errno 28" in message
+    assert "falling back to mechanism=pdeathsig" in message and "survive" in message
+    p = job.popen(["sh", "-c", "echo $$"], stdout=subprocess.PIPE)
+    assert int(p.communicate(timeout=10)[0]) == p.pid  # no namespace: real pids
+
+
+def test_fallback_refused_with_on_unavailable_raise(job_factory, no_namespaces):
+    with pytest.raises(pgjob.UnsupportedError) as info:
+        job_factory(on_unavailable="raise")
+    assert info.value.errno == errno.ENOSPC
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_forced_pid_namespace_unavailable_is_not_silently_downgraded(job_factory, no_namespaces, caplog):
+    with caplog.at_level(logging.WARNING, logger="pgjob"):
+        job = job_factory(mechanism="pid_namespace")
+    assert job.mechanism == "none"
+    assert "orphan protection is off" in caplog.text
+
+
+def test_limits_are_refused_not_ignored(job_factory):
+    for limit in ({"memory_limit": 1 << 30}, {"process_limit": 10}, {"cpu_rate": 50}):
+        with pytest.raises(pgjob.UnsupportedError, match="cgroup v2"):
+            job_factory(on_unavailable="raise", **limit)
+
+
+def test_assign_running_process_is_unsupported(job_factory):
+    job = job_factory()
+    p = subprocess.Popen(["sleep", "1000"])
+    try:
+        with pytest.raises(pgjob.UnsupportedError, match="job.popen"):
+            job.assign(p)
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.parametrize("mechanism", ["pid_namespace", "pdeathsig"])
+def test_pids_contains_terminate_wait(job_factory, mechanism):
+    job = job_factory(mechanism=mechanism)
+    p = _tree(job)
+    pids = job.pids()
+    assert p.pid in pids and len(pids) >= 4  # (init,) sh, sleep, setsid sh, sleep
+    # The setsid'd intermediate sh exits on its own right after "d": gone is fine, not a member is not.
+    assert all(job.contains(pid) or not os.path.exists(f"/proc/{pid}") for pid in pids)
+    assert job.contains(p)
+    assert not job.contains(os.getpid())
+    assert job.stats().active_processes == len(pids)
+    assert not job.wait(timeout=0.05)
+    job.terminate()
+    assert p.wait(10) == -signal.SIGKILL
+    assert job.wait(timeout=10)
+    assert wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids), 5)
+    assert job.pids() == [] and job.stats().active_processes == 0
+
+
+def test_close_kills_the_whole_tree_including_setsid_daemons(job_factory):
+    job = job_factory()
+    p = _tree(job)
+    pids = job.pids()
+    job.close()
+    assert p.wait(10) == -signal.SIGKILL
+    assert wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids), 5)
+    with pytest.raises(pgjob.JobClosedError):
+        job.pids()
+
+
+def test_kill_on_close_false_leaves_members_running(job_factory):
+    job = job_factory(kill_on_close=False)
+    p = job.popen(["sleep", "1000"])
+    job.close()
+    try:
+        assert p.poll() is None
+    finally:
+        p.kill()
+        assert p.wait(10) == -signal.SIGKILL
+
+
+def test_daemon_dies_with_the_program_that_started_it(job_factory):
+    """pid_namespace semantics (docs/linux.md): the namespace lives as long as its program."""
+    job = job_factory()
+    p = job.popen(["sh", "-c", "setsid sleep 1000 & sleep 0.01; echo started"], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"started\n"
+    assert p.wait(10) == 0
+    assert job.wait(timeout=5) and job.pids() == []
+
+
+def test_events_new_exit_and_zero(job_factory):
+    job = job_factory()
+    p = job.popen(["sh", "-c", "exit 3"])
+    events = []
+    for event in job.events(timeout=10):
+        events.append(event)
+        if event.kind is pgjob.EventKind.ACTIVE_PROCESS_ZERO:
+            break
+    kinds = [e.kind for e in events]
+    assert kinds == [pgjob.EventKind.NEW_PROCESS, pgjob.EventKind.EXIT_PROCESS,
+                     pgjob.EventKind.ACTIVE_PROCESS_ZERO]
+    assert events[0].pid == p.pid == events[1].pid
+    assert p.wait(10) == 3
+    assert list(job.events(timeout=0.05)) == []
+
+
+def test_stats_cpu_time_of_members(job_factory):
+    job = job_factory()
+    p = job.popen(["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo done; sleep 1000"],
+                  stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"done\n"
+    stats = job.stats()
+    assert stats.user_time + stats.kernel_time > 0
+    assert stats.peak_job_memory is None and stats.total_processes is None
+    p.kill()
+    p.wait(10)
+
+
+def test_in_job():
+    assert pgjob.in_job() is False
+    with pgjob.Job() as job:
+        p = job.popen(["sleep", "1000"])
+        assert pgjob.in_job(p.pid) is True
+        p.kill()
+        p.wait(10)
+    plain = subprocess.Popen(["sleep", "1000"])
+    try:
+        assert pgjob.in_job(plain.pid) is False
+    finally:
+        plain.kill()
+        plain.wait()
+    with pytest.raises(pgjob.ProcessExitedError):
+        pgjob.in_job(plain.pid)

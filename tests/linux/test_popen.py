@@ -1,0 +1,188 @@
+"""subprocess.Popen compatibility through job.popen(), in both Linux mechanisms: pipes,
+communicate, env/cwd, exec errors, returncode (negative for signals), send_signal,
+terminate, kill, timeouts; and what Popen.pid means in a PID namespace."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import pgjob
+from conftest import wait_until
+
+pytestmark = pytest.mark.linux
+
+MECHANISMS = ["pid_namespace", "pdeathsig"]
+
+
+@pytest.fixture(params=MECHANISMS)
+def job(request, job_factory):
+    job = job_factory(mechanism=request.param, on_unavailable="raise")
+    assert job.mechanism == request.param
+    return job
+
+
+def test_pipes_and_communicate(job):
+    p = job.popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate(b"hello\n" * 10000, timeout=10)
+    assert out == b"hello\n" * 10000 and err == b"" and p.returncode == 0
+
+
+def test_text_mode_stderr_to_stdout_env_and_cwd(job, tmp_path):
+    p = job.popen(["sh", "-c", 'echo "$PGJOB_X $(pwd)"; echo err >&2'], stdout=subprocess.PIPE,
+                  stderr=subprocess.STDOUT, text=True, env={"PGJOB_X": "x", "PATH": os.environ["PATH"]},
+                  cwd=tmp_path)
+    out, _ = p.communicate(timeout=10)
+    assert out == f"x {tmp_path}\nerr\n"
+
+
+@pytest.mark.parametrize("code", [0, 1, 3, 255])
+def test_exit_code(job, code):
+    p = job.popen(["sh", "-c", f"exit {code}"])
+    assert p.wait(10) == code
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGSEGV, signal.SIGUSR1])
+def test_death_by_signal_is_a_negative_returncode(job, sig):
+    p = job.popen(["sh", "-c", f"kill -{int(sig)} $$"])
+    assert p.wait(10) == -sig
+
+
+def _started(job, argv, **kwargs):
+    """A member that has finished starting: it writes one line once it runs."""
+    p = job.popen(["sh", "-c", "echo ready; exec " + " ".join(argv)], stdout=subprocess.PIPE, **kwargs)
+    assert p.stdout.readline() == b"ready\n"
+    return p
+
+
+def test_terminate_kill_send_signal(job):
+    p = _started(job, ["sleep", "1000"])
+    p.terminate()
+    assert p.wait(10) == -signal.SIGTERM
+    p = _started(job, ["sleep", "1000"])
+    p.kill()
+    assert p.wait(10) == -signal.SIGKILL
+    p = _started(job, ["sleep", "1000"])
+    p.send_signal(signal.SIGINT)
+    assert p.wait(10) == -signal.SIGINT
+    p.send_signal(signal.SIGTERM)  # after exit: a no-op, as in subprocess
+
+
+def test_signal_handled_by_the_program_is_delivered(job):
+    p = job.popen([sys.executable, "-c", "import signal, sys, time\n"
+                   "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+                   "print('ready', flush=True)\ntime.sleep(100)"], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    p.terminate()
+    assert p.wait(10) == 7
+
+
+def test_timeouts(job):
+    p = _started(job, ["sleep", "1000"])
+    with pytest.raises(subprocess.TimeoutExpired):
+        p.wait(timeout=0.05)
+    with pytest.raises(subprocess.TimeoutExpired):
+        p.communicate(timeout=0.05)
+    p.kill()
+    p.communicate(timeout=10)
+    assert p.returncode == -signal.SIGKILL
+
+
+def _outcome(popen_class, argv, **kwargs):
+    try:
+        p = popen_class(argv, **kwargs)
+    except OSError as exc:
+        return type(exc), exc.errno, exc.filename
+    return p.wait(10), None, None
+
+
+@pytest.mark.parametrize("argv, kwargs", [
+    (["/nonexistent/program"], {}),
+    (["no-such-program-on-path"], {}),
+    (["true"], {"cwd": "/nonexistent/dir"}),
+    (["NOT_EXECUTABLE"], {}),
+    (["true"], {"cwd": "NOT_EXECUTABLE"}),
+])
+def test_exec_errors_are_what_subprocess_raises(job, tmp_path, argv, kwargs):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("data")
+    plain.chmod(0o644)
+    argv = [str(plain) if a == "NOT_EXECUTABLE" else a for a in argv]
+    kwargs = {k: (str(plain) if v == "NOT_EXECUTABLE" else v) for k, v in kwargs.items()}
+    expected = _outcome(subprocess.Popen, argv, **kwargs)
+    assert issubclass(expected[0], OSError)
+    assert _outcome(job.popen, argv, **kwargs) == expected
+    assert job.popen(["true"]).wait(10) == 0  # the job is still usable
+
+
+def test_pass_fds_and_new_session(job):
+    r, w = os.pipe()
+    try:
+        p = job.popen([sys.executable, "-c", f"import os; os.write({w}, b'%d' % (os.getsid(0) == os.getpid()))"],
+                      pass_fds=[w], start_new_session=True)
+        os.close(w)
+        w = -1
+        assert os.read(r, 100) == b"1"
+        assert p.wait(10) == 0
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_preexec_fn_is_rejected_clearly(job):
+    with pytest.raises(pgjob.UnsupportedError, match="preexec_fn"):
+        job.popen(["true"], preexec_fn=lambda: None)
+
+
+def test_popen_pid_is_a_host_pid_and_a_member(job):
+    p = _started(job, ["sleep", "1000"])
+    assert os.path.exists(f"/proc/{p.pid}")
+    assert job.contains(p) and job.contains(p.pid) and p.pid in job.pids()
+    assert not job.contains(os.getpid())
+    p.kill()
+    p.wait(10)
+    assert wait_until(lambda: not job.pids(), 5)
+
+
+def test_pid_inside_the_namespace_is_not_the_host_pid(job_factory):
+    """The documented caveat: a program writing its own pid (a pidfile) writes an inner pid."""
+    job = job_factory(mechanism="pid_namespace")
+    p = job.popen(["sh", "-c", "echo $$"], stdout=subprocess.PIPE)
+    inner = int(p.communicate(timeout=10)[0])
+    assert inner == 2  # the init is 1, the program is the init's first child
+    assert p.pid != inner
+
+
+def test_spawn_from_threads(job):
+    results = []
+
+    def spawn():
+        p = job.popen(["sh", "-c", "exit 5"])
+        results.append(p.wait(10))
+
+    threads = [threading.Thread(target=spawn) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [5] * 8
+
+
+def test_pgjob_popen_without_job_owns_a_private_job():
+    with pgjob.Popen(["sh", "-c", "exit 4"]) as p:
+        assert p.job.mechanism in ("pid_namespace", "pdeathsig")
+        assert p.wait(10) == 4
+    assert p.job.closed
+
+
+def test_returncode_when_never_waited_then_garbage_collected(job):
+    # Popen.__del__ runs the status mirror without module globals at hand: must not raise.
+    p = job.popen(["true"])
+    pid = p.pid
+    del p
+    assert wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
+                      open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z", 5)
