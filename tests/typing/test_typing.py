@@ -12,6 +12,7 @@ api = pytest.importorskip("mypy.api", reason="mypy is not installed (pip install
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "examples", "typed_usage.py")
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pgjob.__file__)))
+INSTALLED = os.path.basename(PACKAGE_ROOT) in ("site-packages", "dist-packages")
 
 # As for any installed py.typed package, the user sees their own errors, not pgjob's internals.
 CONFIG = """\
@@ -28,7 +29,10 @@ follow_imports = silent
 def test_user_code_passes_mypy_strict(tmp_path, monkeypatch, platform):
     config = tmp_path / "mypy.ini"
     config.write_text(CONFIG)
-    monkeypatch.setenv("MYPYPATH", PACKAGE_ROOT)
+    if not INSTALLED:
+        # A source checkout (PYTHONPATH=src): point mypy at it. An installed package is found
+        # in site-packages, where mypy refuses a MYPYPATH entry.
+        monkeypatch.setenv("MYPYPATH", PACKAGE_ROOT)
     stdout, stderr, status = api.run([
         "--config-file", str(config), "--cache-dir", str(tmp_path / "cache"),
         "--platform", platform, "--python-version", f"{sys.version_info[0]}.{sys.version_info[1]}",

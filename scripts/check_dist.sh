@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Builds the sdist and, from it, the wheel (python -m build), then proves both install into
+# fresh venvs and work there: the test suite runs against the installed wheel (not the
+# source tree), mypy --strict checks a user program against the installed package, and the
+# sdist installs (compiling the extension) and runs `pgjob run`. Builds in a copy of the
+# tree, so no build output lands in the work tree. Target: under ~3 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+work=$(mktemp -d "${TMPDIR:-/tmp}/pgjob-dist.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+# Some tests run processes as an unprivileged user: they must reach the copied tests and venv.
+chmod 755 "$work"
+start=$SECONDS
+
+echo "check_dist: copying the tree (tracked and unignored files) to $work/src"
+mkdir -p "$work/src"
+git ls-files -z --cached --others --exclude-standard | xargs -0 -I{} sh -c '[ -e "{}" ] && printf "%s\0" "{}"' \
+    | tar --null -T - -cf - | tar -xf - -C "$work/src"
+
+echo "check_dist: python -m build (sdist, then the wheel from the sdist)"
+"$PYTHON" -m pip install -q --disable-pip-version-check build
+"$PYTHON" -m build --outdir "$work/dist" "$work/src" >"$work/build.log" 2>&1 \
+    || { tail -40 "$work/build.log"; exit 1; }
+sdist=$(ls "$work"/dist/pgjob-*.tar.gz)
+wheel=$(ls "$work"/dist/pgjob-*.whl)
+echo "check_dist: built $(basename "$sdist") and $(basename "$wheel")"
+
+# The wheel must carry the typing files and the CLI, and nothing from the test tree.
+"$PYTHON" - "$wheel" <<'PY'
+import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+for required in ("pgjob/py.typed", "pgjob/_jobobject.pyi", "pgjob/__main__.py", "pgjob/_cli.py"):
+    assert required in names, f"{required} missing from the wheel"
+assert any(n.startswith("pgjob/_jobobject.") and n.endswith((".so", ".pyd")) for n in names), names
+assert not [n for n in names if n.startswith("tests/")], "tests leaked into the wheel"
+entry = [n for n in names if n.endswith("entry_points.txt")]
+assert entry, "no entry_points.txt: the pgjob console script would be missing"
+PY
+tar -tzf "$sdist" >"$work/sdist.txt"  # (not piped into grep -q: pipefail would see tar's SIGPIPE)
+for required in src/jobobject/jobobject.h src/_jobobject.c LICENSE CHANGELOG.md src/pgjob/_jobobject.pyi; do
+    grep -q "/$required\$" "$work/sdist.txt" || { echo "$required missing from the sdist"; exit 1; }
+done
+
+echo "check_dist: fresh venv from the wheel"
+"$PYTHON" -m venv "$work/venv-wheel"
+vw="$work/venv-wheel/bin/python"
+"$vw" -m pip install -q --disable-pip-version-check "$wheel" pytest mypy
+# Tests from a copy outside the source tree: `import pgjob` must find the installed wheel.
+mkdir -p "$work/run" && cp -r "$work/src/tests" "$work/src/examples" "$work/src/pyproject.toml" "$work/run/"
+# tests/linux hands owner processes run by other interpreters/users PYTHONPATH=<tests>/../src:
+# give them the wheel's installed package there, so they too run what the wheel installed.
+mkdir -p "$work/run/src"
+cp -r "$("$vw" -c 'import os, pgjob; print(os.path.dirname(pgjob.__file__))')" "$work/run/src/pgjob"
+(
+    cd "$work/run"
+    unset PYTHONPATH
+    "$vw" -c "import pgjob, sys; assert '/venv-wheel/' in pgjob.__file__, pgjob.__file__; print('check_dist: testing', pgjob.__file__)"
+    "$work/venv-wheel/bin/pgjob" --version
+    "$vw" -m pytest tests -q -p no:cacheprovider -ra -m "not stress"
+    # A user's view: mypy --strict on their program against the installed package, no config.
+    "$work/venv-wheel/bin/mypy" --strict --no-incremental --config-file /dev/null examples/typed_usage.py
+)
+
+echo "check_dist: fresh venv from the sdist (compiles the extension)"
+"$PYTHON" -m venv "$work/venv-sdist"
+vs="$work/venv-sdist/bin/python"
+"$vs" -m pip install -q --disable-pip-version-check "$sdist"
+(
+    cd "$work/run"
+    unset PYTHONPATH
+    "$work/venv-sdist/bin/pgjob" --version
+    set +e
+    "$work/venv-sdist/bin/pgjob" run -v -- "$vs" -c "import pgjob, sys; print('mechanism', pgjob.Job().mechanism); sys.exit(7)"
+    status=$?
+    set -e
+    [ "$status" -eq 7 ] || { echo "pgjob run from the sdist install exited $status, expected 7"; exit 1; }
+)
+echo "check_dist: OK in $((SECONDS - start)) s"
