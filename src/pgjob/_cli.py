@@ -345,8 +345,8 @@ class _Forwarder:
                 os.kill(popen.pid, number)
                 logger.info("forwarded %s to COMMAND (pid %d)", name, popen.pid)
         except ProcessLookupError:
-            pass  # COMMAND exited (and its group emptied) since we last looked: nothing to stop
-        except OSError as exc:
+            pass  # COMMAND exited since we last looked: nothing to stop
+        except (OSError, SystemError) as exc:  # SystemError: see send_stop
             logger.warning("could not forward %s to COMMAND: %s", name, exc)
 
     def send_stop(self, number: Optional[int], job: Job) -> None:
@@ -360,7 +360,9 @@ class _Forwarder:
                     os.kill(popen.pid, signal.CTRL_BREAK_EVENT)
                     logger.info("timeout: sent CTRL_BREAK_EVENT to COMMAND's process group")
                     return
-                except OSError as exc:
+                # Without a console GenerateConsoleCtrlEvent fails; some CPython builds then
+                # raise SystemError (an error set without a NULL return) instead of OSError.
+                except (OSError, SystemError) as exc:
                     logger.info("timeout: CTRL_BREAK_EVENT failed (%s): terminating", exc)
             # A console-sharing COMMAND can't be sent a Ctrl event without sending it to
             # pgjob and its parent too: terminating the job is the only stop there is.

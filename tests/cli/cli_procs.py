@@ -72,6 +72,27 @@ if IS_WINDOWS:
 
     def token_pids(token):
         raise NotImplementedError("finding processes by command line is Linux-only here")
+elif not sys.platform.startswith("linux"):
+    # macOS and the BSDs: no /proc; ps(1) tells the same things.
+    def alive(pid):
+        result = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
+        state = result.stdout.strip()
+        return bool(state) and not state.startswith("Z")
+
+    def kill(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already gone
+
+    def token_pids(token):
+        result = subprocess.run(["ps", "-A", "-o", "pid=,stat=,args="], capture_output=True, text=True)
+        found = []
+        for line in result.stdout.splitlines():
+            pid, state, args = (line.split(None, 2) + ["", ""])[:3]
+            if token in args.split() and not state.startswith("Z"):
+                found.append(int(pid))
+        return sorted(found)
 else:
     def alive(pid):
         """True while `pid` runs; a zombie (dead, not yet reaped by a parent that may never
