@@ -145,10 +145,12 @@ def main():
                 popens.append(job.popen(argv + [ready_dir, name]))
         wait_ready(ready_names)
         if scenario == "stopped":
-            for p in popens:
-                p.send_signal(signal.SIGSTOP) if job.mechanism != "pid_namespace" else None
-                for pid in job.pids():
+            # Every member, the namespace's init included: a stopped init can't poll.
+            for pid in job.pids():
+                try:
                     os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    pass  # a transient process (touch) that has just exited
         if scenario == "crash":
             report["crash_returncode"] = popens[1].wait(20)
         report["popen_pids"] = [p.pid for p in popens]
