@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from types import FrameType
-from typing import Any, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from ._base import MECHANISMS
 from ._errors import JobError, UnsupportedError
@@ -35,6 +35,7 @@ IS_WINDOWS = sys.platform == "win32"
 # Signals a service manager or a terminal uses to ask for a stop (or a reload/dump), all of
 # which COMMAND must see instead of the wrapper. Windows: Python maps CTRL_C_EVENT to SIGINT
 # and CTRL_BREAK_EVENT to SIGBREAK; nothing else reaches a console process as a signal.
+FORWARDED_SIGNALS: Tuple[str, ...]
 if IS_WINDOWS:
     FORWARDED_SIGNALS = ("SIGINT", "SIGBREAK")
 else:
@@ -261,11 +262,11 @@ class _Forwarder:
         self.popen: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
         self.pending: List[int] = []
         self.received: List[int] = []
-        self._previous: dict = {}
+        self._previous: Dict[int, Any] = {}
         self._tty: Optional[int] = None
 
     def install(self) -> None:
-        if not IS_WINDOWS:
+        if sys.platform != "win32":
             try:
                 self._tty = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
             except OSError:
@@ -312,12 +313,12 @@ class _Forwarder:
         see a second KeyboardInterrupt in its cleanup). The price: `kill -INT` aimed at
         pgjob itself while it is in a terminal's foreground is not forwarded; use SIGTERM.
         """
-        if self._tty is None or self.process_group != "shared":
+        if sys.platform == "win32" or self._tty is None or self.process_group != "shared":
             return False
         if signal.Signals(number).name not in _TERMINAL_SIGNALS:
             return False
         try:
-            return os.tcgetpgrp(self._tty) == os.getpgrp()
+            return bool(os.tcgetpgrp(self._tty) == os.getpgrp())
         except OSError:
             return False
 
@@ -327,7 +328,7 @@ class _Forwarder:
             return
         name = signal.Signals(number).name
         try:
-            if IS_WINDOWS:
+            if sys.platform == "win32":
                 if self.process_group == "shared":
                     # The console sent the event to every process attached to it, COMMAND
                     # included; pgjob only keeps waiting so it can report COMMAND's status.
@@ -354,7 +355,7 @@ class _Forwarder:
         popen = self.popen
         if popen is None or popen.returncode is not None:
             return
-        if IS_WINDOWS:
+        if sys.platform == "win32":
             if number is None and self.process_group == "new":
                 try:
                     os.kill(popen.pid, signal.CTRL_BREAK_EVENT)
@@ -388,10 +389,10 @@ def _terminate(job: Job, popen: "subprocess.Popen[Any]") -> None:
         pass  # already gone: the job's terminate reached it
 
 
-def _popen_kwargs(process_group: str) -> dict:
+def _popen_kwargs(process_group: str) -> Dict[str, Any]:
     if process_group != "new":
         return {}
-    if IS_WINDOWS:
+    if sys.platform == "win32":
         return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
     if sys.version_info >= (3, 11):
         return {"process_group": 0}

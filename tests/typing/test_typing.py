@@ -25,8 +25,7 @@ follow_imports = silent
 """
 
 
-@pytest.mark.parametrize("platform", ["linux", "win32", "darwin"])
-def test_user_code_passes_mypy_strict(tmp_path, monkeypatch, platform):
+def run_mypy(tmp_path, monkeypatch, platform, *files):
     config = tmp_path / "mypy.ini"
     config.write_text(CONFIG)
     if not INSTALLED:
@@ -36,9 +35,21 @@ def test_user_code_passes_mypy_strict(tmp_path, monkeypatch, platform):
     stdout, stderr, status = api.run([
         "--config-file", str(config), "--cache-dir", str(tmp_path / "cache"),
         "--platform", platform, "--python-version", f"{sys.version_info[0]}.{sys.version_info[1]}",
-        EXAMPLE])
+        *files])
     assert status == 0, stdout + stderr
     assert "Success: no issues found" in stdout
+
+
+@pytest.mark.parametrize("platform", ["linux", "win32", "darwin"])
+def test_user_code_passes_mypy_strict(tmp_path, monkeypatch, platform):
+    run_mypy(tmp_path, monkeypatch, platform, EXAMPLE)
+
+
+@pytest.mark.parametrize("platform", ["linux", "win32", "darwin"])
+def test_cli_passes_mypy_strict(tmp_path, monkeypatch, platform):
+    here = os.path.dirname(os.path.abspath(pgjob.__file__))
+    run_mypy(tmp_path, monkeypatch, platform, os.path.join(here, "_cli.py"),
+             os.path.join(here, "__main__.py"))
 
 
 def test_stub_and_marker_ship_with_the_package():
