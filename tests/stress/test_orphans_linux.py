@@ -1,0 +1,168 @@
+"""Issue B's orphan matrix, repeated: every case (mechanism x scenario x how the owner ends)
+runs many times with a separate owner process (tests/linux/owner.py), and every process the
+owner reported must be gone afterwards. Survivors are counted, killed, and fail the case.
+
+The SIGKILL cases run scripts/stress_linux_orphans.py's own round; the clean-exit, exception
+and unprivileged cases extend it here with the same owner and the same liveness test."""
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from stress_support import LINUX, report, sized, wait_until
+
+pytestmark = [pytest.mark.stress, pytest.mark.linux,
+              pytest.mark.skipif(not LINUX, reason="Linux backend")]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OWNER = os.path.join(ROOT, "tests", "linux", "owner.py")
+REPETITIONS = sized(3, 100)
+
+
+def _load_orphan_script():
+    path = os.path.join(ROOT, "scripts", "stress_linux_orphans.py")
+    spec = importlib.util.spec_from_file_location("stress_linux_orphans", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+orphans = _load_orphan_script()
+start_time = orphans.start_time
+
+# (mechanism, scenario): SIGKILL the owner; everything it reported must die. pdeathsig only
+# promises its direct children, so it runs the scenarios without grandchildren.
+SIGKILL_CASES = (
+    [("pid_namespace", s) for s in ("sleeping", "busy", "stopped", "tree", "daemon", "mixed", "thread")]
+    + [("pdeathsig", s) for s in ("sleeping", "busy", "stopped", "thread")]
+    + [("protect", s) for s in ("tree", "daemon", "mixed")]
+)
+
+
+def _kill_leftovers(members):
+    for pid, started in members:
+        if start_time(pid) == started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # exited since we looked
+
+
+@pytest.mark.parametrize("mechanism,scenario", SIGKILL_CASES)
+def test_owner_sigkilled_repeatedly_leaves_no_survivor(mechanism, scenario):
+    members = survivors = 0
+    mechanisms = set()
+    for _ in range(REPETITIONS):
+        n, left, _ms, got = orphans.one_round(mechanism, scenario)
+        members += n
+        survivors += left
+        mechanisms.add(got)
+    report(f"linux-orphans sigkill {mechanism}/{scenario}", repetitions=REPETITIONS,
+           members=members, survivors=survivors)
+    assert mechanisms == {"pid_namespace" if mechanism == "protect" else mechanism}
+    assert members >= REPETITIONS
+    assert survivors == 0
+
+
+def _owner_round(mechanism, scenario, command, user=None, python=sys.executable, grace=5.0):
+    """Start an owner, end it with `command` ("exit", "raise" or "kill"), return (members,
+    survivors) after up to `grace` seconds."""
+    ready_dir = tempfile.mkdtemp(prefix="pgjob-stress-")
+    os.chmod(ready_dir, 0o777)
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"), PYTHONDONTWRITEBYTECODE="1")
+    kwargs = {} if user is None else {"user": user, "group": user, "extra_groups": []}
+    proc = subprocess.Popen([python, OWNER, mechanism, scenario, ready_dir],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd="/", **kwargs)
+    members = []
+    try:
+        info = orphans.read_report(proc)
+        members = [(pid, start_time(pid)) for pid in info["pids"]]
+        members = [m for m in members if m[1] is not None]
+        if command == "kill":
+            proc.kill()
+        else:
+            proc.stdin.write(command.encode() + b"\n")
+            proc.stdin.flush()
+        proc.wait(20)
+        if command != "kill":
+            assert proc.returncode == (0 if command == "exit" else 1), proc.stderr.read()
+        wait_until(lambda: all(start_time(p) != s for p, s in members), timeout=grace)
+        left = [m for m in members if start_time(m[0]) == m[1]]
+        return len(members), len(left), info
+    finally:
+        _kill_leftovers(members)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+        shutil.rmtree(ready_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", ["exit", "raise"])
+@pytest.mark.parametrize("mechanism,scenario", [("pid_namespace", "mixed"), ("pdeathsig", "tree")])
+def test_owner_leaving_the_with_block_repeatedly_leaves_no_survivor(mechanism, scenario, command):
+    members = survivors = 0
+    for _ in range(REPETITIONS):
+        n, left, info = _owner_round(mechanism, scenario, command)
+        assert info["mechanism"] == mechanism
+        members += n
+        survivors += left
+    report(f"linux-orphans {command} {mechanism}/{scenario}", repetitions=REPETITIONS,
+           members=members, survivors=survivors)
+    assert survivors == 0
+
+
+def _unprivileged_python():
+    """An interpreter uid 65534 can run, of our version (pyenv's lives under /root)."""
+    if os.geteuid() != 0:
+        return None
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        if not os.path.exists(candidate):
+            continue
+        try:
+            out = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"],
+                                 user=65534, group=65534, extra_groups=[], cwd="/",
+                                 capture_output=True, text=True)
+        except PermissionError:
+            continue
+        if out.returncode == 0 and out.stdout.strip() == str(sys.version_info[:2]):
+            return candidate
+    return None
+
+
+@pytest.mark.parametrize("scenario", ["mixed", "thread"])
+def test_unprivileged_owner_sigkilled_repeatedly_leaves_no_survivor(scenario):
+    python = _unprivileged_python()
+    if python is None:
+        pytest.skip("needs root and a Python uid 65534 can run")
+    members = survivors = 0
+    for _ in range(REPETITIONS):
+        n, left, info = _owner_round("pid_namespace", scenario, "kill", user=65534, python=python)
+        assert info["mechanism"] == "pid_namespace"
+        members += n
+        survivors += left
+    report(f"linux-orphans sigkill unprivileged pid_namespace/{scenario}",
+           repetitions=REPETITIONS, members=members, survivors=survivors)
+    assert survivors == 0
+
+
+def test_control_plain_subprocess_leaves_survivors_every_time():
+    """Without pgjob the same tree outlives its owner in every round: the counts above
+    could be non-zero."""
+    rounds = sized(2, 10)
+    members = survivors = 0
+    for _ in range(rounds):
+        n, left, _info = _owner_round("plain", "mixed", "kill", grace=0.5)
+        assert left == n > 0
+        members += n
+        survivors += left
+    report("linux-orphans control plain/mixed", repetitions=rounds, members=members,
+           survivors=survivors)
