@@ -343,6 +343,7 @@ class _Forwarder:
                 # its own way (a postmaster shuts its backends down in order), and whatever is
                 # left when it exits dies with the job. Under pid_namespace popen.pid is the
                 # namespace's init, which passes the signal on to COMMAND.
+                _wait_until_not_pending(popen.pid, number)
                 os.kill(popen.pid, number)
                 logger.info("forwarded %s to COMMAND (pid %d)", name, popen.pid)
         except ProcessLookupError:
@@ -375,6 +376,36 @@ class _Forwarder:
             logger.info("timeout: sent %s to COMMAND", signal.Signals(number).name)
         except ProcessLookupError:
             pass  # exited just now
+
+
+def _pending_signals(pid: int) -> int:
+    """Bit mask of the signals pending for process `pid` (Linux /proc), 0 if unknown."""
+    mask = 0
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"SigPnd:", b"ShdPnd:")):
+                    mask |= int(line.split()[1], 16)
+    except (OSError, ValueError):
+        return 0  # gone, or not Linux: nothing to wait for
+    return mask
+
+
+def _wait_until_not_pending(pid: int, number: int, timeout: float = 0.5) -> None:
+    """Wait (briefly) until signal `number` is no longer pending at `pid`.
+
+    A standard signal sent while the same signal is still pending is merged into it and lost.
+    With --process-group new, a terminal's Ctrl-C reaches the namespace init (it shares our
+    foreground group) as well as pgjob; the init discards terminal-generated signals, so if
+    our forwarded copy arrived before the init had read the terminal's, COMMAND would get
+    none. Only Linux shows pending signals; elsewhere this returns at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    bit = 1 << (number - 1)
+    deadline = time.monotonic() + timeout
+    while _pending_signals(pid) & bit and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def _terminate(job: Job, popen: "subprocess.Popen[Any]") -> None:

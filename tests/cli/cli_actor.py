@@ -69,6 +69,22 @@ def role_signals(args):
     hold_forever()
 
 
+def role_count_sigint(args):
+    """Counts SIGINTs: reports the count 0.5 s after the first one (a duplicate, e.g. from a
+    terminal plus a forwarding wrapper, arrives within microseconds) and exits with it."""
+    received = []
+    signal.signal(signal.SIGINT, lambda number, frame: received.append(time.monotonic()))
+    report(role="count_sigint", pid=os.getpid())
+    while not received:
+        signal.pause() if hasattr(signal, "pause") else time.sleep(0.05)
+    # The counting window itself is the measurement, not a wait for readiness.
+    window_end = received[0] + 0.5
+    while time.monotonic() < window_end:
+        time.sleep(max(0.0, window_end - time.monotonic()))
+    report(role="count_sigint", count=len(received))
+    sys.exit(len(received))
+
+
 def role_stubborn(args):
     """Ignores SIGTERM/SIGINT: only a kill stops it."""
     for name in ("SIGTERM", "SIGINT", "SIGBREAK"):

@@ -3,12 +3,17 @@ forwarding, --timeout/--kill-after, and the guarantee itself: SIGKILL the wrappe
 whole tree (child, grandchild, setsid'd daemon) is gone within 5 s. A control run with
 --mechanism none shows the daemon surviving without a job."""
 import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+
+if sys.platform != "win32":
+    import pty
 
 import pgjob
 from cli_procs import (GONE_WITHIN, IS_WINDOWS, actor, alive, kill, pgjob_env, pgjob_run,
@@ -147,6 +152,50 @@ def test_new_process_group_still_gets_forwarded_signals(reaper):
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.read_json()["got"] == "SIGTERM"
     assert proc.wait() == 100 + signal.SIGTERM
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not shutil.which("setsid"),
+                    reason="needs Linux and util-linux setsid to give the wrapper a terminal")
+@pytest.mark.parametrize("process_group", ["shared", "new"])
+def test_ctrl_c_at_a_terminal_reaches_command_exactly_once(reaper, process_group):
+    """Ctrl-C typed at a real (pseudo-)terminal: COMMAND must get one SIGINT, not one from
+    the terminal plus one forwarded by pgjob (shared group), and not none (new group)."""
+    token = reaper.token()
+    leader, follower = pty.openpty()
+    try:
+        # setsid --ctty: a new session whose controlling terminal is the pty on stdin.
+        proc = reaper.start(["setsid", "--ctty", *pgjob_run("-v", "--process-group", process_group, "--"),
+                             *actor("count_sigint", token)],
+                            stdin=follower, stdout=follower, stderr=follower,
+                            start_new_session=False)
+        os.close(follower)
+        follower = None
+        output = read_until(leader, b'"pid"')
+        os.write(leader, b"\x03")  # the terminal's INTR character: SIGINT to its foreground group
+        output += read_until(leader, b'"count"')
+        assert b'"count": 1}' in output, output
+        assert proc.wait(timeout=30) == 1
+    finally:
+        if follower is not None:
+            os.close(follower)
+        os.close(leader)
+
+
+def read_until(fd, needle, timeout=60):
+    """Bytes from `fd` up to and including a chunk that contains `needle` (deadline, no sleep)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while needle not in data:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {needle!r} within {timeout} s: {data!r}"
+        if select.select([fd], [], [], remaining)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: every process on the terminal has closed it
+                chunk = b""
+            assert chunk, f"terminal closed before {needle!r}: {data!r}"
+            data += chunk
+    return data
 
 
 # -- timeout -------------------------------------------------------------------------------
