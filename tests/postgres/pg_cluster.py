@@ -118,9 +118,10 @@ class Cluster:
         return ["-p", str(self.port), "-k", self.sockdir, "-c", "listen_addresses=127.0.0.1",
                 "-c", "fsync=off", "-c", "shared_buffers=16MB", "-c", "max_connections=20"]
 
-    def postgres_command(self):
-        """The postmaster, run in the foreground as the server user."""
-        return self.as_server_user([self.tool("postgres"), "-D", self.datadir, *self.server_options()])
+    def postgres_command(self, switch_user=True):
+        """The postmaster, run in the foreground (as the server user, if `switch_user`)."""
+        command = [self.tool("postgres"), "-D", self.datadir, *self.server_options()]
+        return self.as_server_user(command) if switch_user else command
 
     def run_as_server_user(self, command, **kwargs):
         kwargs.setdefault("capture_output", True)
@@ -215,3 +216,21 @@ def pgjob_env():
 
 
 PYTHON = sys.executable
+
+
+def python_for_server_user(cluster):
+    """An interpreter the unprivileged server user can run that imports this pgjob, and the
+    mechanism pgjob gets there; (None, reason) if there is none (e.g. a Python under /root)."""
+    if not cluster.as_root:
+        return sys.executable, None
+    import pgjob
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pgjob.__file__)))
+    for python in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
+        probe = cluster.run_as_server_user(
+            ["env", f"PYTHONPATH={package_root}", python, "-c",
+             "import pgjob; job = pgjob.Job(); print(job.mechanism); job.close()"], timeout=60)
+        if probe.returncode == 0:
+            return python, probe.stdout.strip()
+    return None, (f"no Python that {cluster.user} can run imports pgjob from {package_root} "
+                  f"(last try: {probe.stderr.strip()[-200:]})")

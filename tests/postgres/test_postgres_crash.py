@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from pg_cluster import GONE_WITHIN, PYTHON, port_taken, pgjob_env, wait_until
+from pg_cluster import (GONE_WITHIN, PYTHON, pgjob_env, port_taken, python_for_server_user,
+                        wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OWNER = os.path.join(HERE, "pg_owner.py")
@@ -23,9 +24,26 @@ LOCKED_RELATION = "crash_target"
 
 
 def start_wrapper(cluster, how):
-    """Start the postmaster under a wrapper; return the wrapper's Popen once the server is ready."""
+    """Start the postmaster under a wrapper; return the wrapper's Popen once the server is ready.
+
+    library/cli/plain: the wrapper runs as root (the test's user) and drops to the server
+    user only for the postmaster (setpriv execs in place). library-unprivileged: the whole
+    wrapper runs as the server user, as a `User=postgres` service would; pgjob then needs an
+    unprivileged user namespace for its PID namespace.
+    """
     wrapper_log = open(os.path.join(cluster.root, "wrapper.log"), "ab")
-    if how == "cli":
+    if how == "library-unprivileged":
+        python, mechanism = python_for_server_user(cluster)
+        if python is None:
+            pytest.skip(mechanism)
+        if mechanism != "pid_namespace":
+            pytest.skip(f"pgjob as {cluster.user} gets mechanism {mechanism!r} here: "
+                        "unprivileged user namespaces are refused")
+        command = cluster.as_server_user([
+            python, OWNER, "--mode", "pgjob", "--log", cluster.logfile, "--",
+            *cluster.postgres_command(switch_user=False)])
+        stdout = subprocess.PIPE
+    elif how == "cli":
         command = [PYTHON, "-m", "pgjob", "run", "-v", "--on-unavailable", "raise", "--",
                    *cluster.postgres_command()]
         stdout = subprocess.DEVNULL
@@ -118,11 +136,11 @@ def prepare_crash(cluster, how):
     return wrapper, session, pids
 
 
-@pytest.mark.parametrize("how", ["library", "cli"])
+@pytest.mark.parametrize("how", ["library", "cli", "library-unprivileged"])
 def test_sigkill_of_wrapper_takes_the_cluster_down_and_restart_succeeds(cluster, how):
     wrapper, session, pids = prepare_crash(cluster, how)
     try:
-        if how == "library":
+        if how.startswith("library"):
             # The server answered, so the owner has already printed its report line.
             mechanism = json.loads(wrapper.stdout.readline())["mechanism"]
             assert mechanism != "none"
