@@ -57,18 +57,16 @@ static PyMethodDef jobobject_methods[] = {
      "spawn(argv, executables, env, cwd, close_fds, fds_to_keep,\n"
      "      p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,\n"
      "      restore_signals, start_new_session, process_group, gid, extra_groups, uid, umask,\n"
-     "      clone_flags, watch_owner, map_ids, chdir_marker) -> (pid, pidfd, status_fd)\n\n"
-     "clone_flags 0: a direct CLONE_VM|CLONE_VFORK child (PR_SET_PDEATHSIG if watch_owner),\n"
-     "status_fd -1. Else clone3(clone_flags) makes a PID-namespace init that runs the program,\n"
-     "dies with the owner if watch_owner, and writes the program's raw wait status to status_fd."},
+     "      pidns_fd, userns_fd, pdeathsig, chdir_marker) -> (pid, pidfd)\n\n"
+     "pidns_fd >= 0: the program starts in that PID namespace (after entering userns_fd if\n"
+     ">= 0) as a child of the caller. -1: a direct CLONE_VM|CLONE_VFORK child, with\n"
+     "PR_SET_PDEATHSIG(SIGKILL) if pdeathsig."},
     /* linux_job.c */
-    {"probe", linux_probe, METH_VARARGS,
-     "probe(clone_flags, map_ids) -> None: create and reap a child in new namespaces, or raise."},
+    {"start_init", linux_start_init, METH_VARARGS,
+     "start_init(clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig) -> (pid, pidfd, control_fd)\n\n"
+     "clone3 the init of a new PID namespace (or of the one unshare() made), once it is set up."},
     {"unshare", linux_unshare, METH_VARARGS, "unshare(flags) -> None"},
     {"setns", linux_setns, METH_VARARGS, "setns(fd, nstype) -> None"},
-    {"start_reaper", linux_start_reaper, METH_VARARGS,
-     "start_reaper(arm_pdeathsig) -> (pid, pidfd): fork the init that reaps orphans and exits\n"
-     "with the owner (pidfd; plus PR_SET_PDEATHSIG if arm_pdeathsig)."},
 #endif
     {NULL, NULL, 0, NULL},
 };
@@ -134,9 +132,12 @@ jobobject_exec(PyObject *module)
     /* Namespace flags Python chooses between */
     ADD_INT(CLONE_NEWPID);
     ADD_INT(CLONE_NEWUSER);
-    /* Exit codes of pgjob's inits */
-    ADD_INT(PGJOB_INIT_FAILED_EXIT);
-    ADD_INT(PGJOB_INIT_OWNER_GONE_EXIT);
+    /* What the init does when the owner goes, and the commands it takes */
+    ADD_INT(PGJOB_INIT_IGNORE);
+    ADD_INT(PGJOB_INIT_DRAIN);
+    ADD_INT(PGJOB_INIT_KILL);
+    ADD_INT(PGJOB_INIT_TERMINATE);
+    ADD_INT(PGJOB_INIT_DETACH);
     /* Error codes pgjob._errors.classify() and the Linux backend decide on */
     ADD_INT(EPERM);
     ADD_INT(EACCES);

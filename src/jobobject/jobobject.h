@@ -69,30 +69,34 @@ PyObject *win_ResumeThread(PyObject *self, PyObject *args);
 #endif /* MS_WINDOWS */
 
 #ifdef __linux__
-/* ---- linux_*.c: PID-namespace spawn and procfs/pidfd membership ---- */
+/* ---- linux_*.c: a job's PID namespace, its init, and spawning into it ---- */
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Exit codes of pgjob's own init processes when the program did not decide the status. */
-#define PGJOB_INIT_FAILED_EXIT 125     /* the init could not set up (errno went to errpipe) */
-#define PGJOB_INIT_OWNER_GONE_EXIT 137 /* the owner process is gone: the namespace dies */
+/* Exit codes of pgjob's init, for whoever looks at it with ps or a debugger. */
+#define PGJOB_INIT_FAILED_EXIT 125     /* the init could not set up (errno went to the owner) */
+#define PGJOB_INIT_OWNER_GONE_EXIT 137 /* the owner or the job is gone: the namespace dies */
 
-/* linux_spawn.c: Popen children (namespace init + program, or a direct pdeathsig child) */
+/* What the init does when the owner exits or closes its end of the control socket. */
+#define PGJOB_INIT_IGNORE 0
+#define PGJOB_INIT_DRAIN 1   /* stay until the namespace is empty, then exit */
+#define PGJOB_INIT_KILL 2    /* exit now: the kernel kills the namespace */
+/* Commands the owner writes to the init's control socket. */
+#define PGJOB_INIT_TERMINATE 't'
+#define PGJOB_INIT_DETACH 'd'
+
+/* linux_spawn.c: Popen children (inside a job's PID namespace, or a direct pdeathsig child) */
 PyObject *linux_spawn(PyObject *self, PyObject *args);
 /* shared with linux_job.c; async-signal-safe */
-pid_t pgjob_clone3(uint64_t flags, int *pidfd);
-int pgjob_pidfd_open_self(void);
-int pgjob_map_own_ids(uid_t uid, gid_t gid);
-void pgjob_forwarded_signals(sigset_t *set);
+void pgjob_close_fds_except(int low, const int *keep, Py_ssize_t n_keep);
 
-/* linux_job.c: probing, unshare/setns and the reaper init of protect_children() */
-PyObject *linux_probe(PyObject *self, PyObject *args);
+/* linux_job.c: the job's init (and protect_children()'s reaper), unshare/setns */
+PyObject *linux_start_init(PyObject *self, PyObject *args);
 PyObject *linux_unshare(PyObject *self, PyObject *args);
 PyObject *linux_setns(PyObject *self, PyObject *args);
-PyObject *linux_start_reaper(PyObject *self, PyObject *args);
 #endif /* __linux__ */
 
 #endif /* PGJOB_JOBOBJECT_H */

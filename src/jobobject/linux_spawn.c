@@ -1,12 +1,11 @@
 /* linux_spawn.c: start a Popen child on Linux, set up in C between clone and exec (no preexec_fn).
- * Two shapes: the program in a new PID namespace under a small C init that forwards signals,
- * reaps orphans, reports the program's wait status and dies with the owner process; or the
- * program as a direct vfork-style child with PR_SET_PDEATHSIG (the weaker fallback). */
+ * Two shapes, both vfork-class and both a direct child of the owner: the program inside a job's
+ * PID namespace (entered by a short-lived CLONE_VM helper, see enter_and_spawn), or the program
+ * with PR_SET_PDEATHSIG (the weaker fallback). */
 #include "jobobject.h"
 
 #include <fcntl.h>
 #include <grp.h>
-#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -15,26 +14,13 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Stack for the CLONE_VM|CLONE_VFORK child: it only sets up fds and calls execve. */
+/* Stack for each CLONE_VM|CLONE_VFORK child: it only sets up fds and calls execve. */
 #define CHILD_STACK_SIZE (256 * 1024)
-
-/* struct clone_args of clone3(2), spelled out so <linux/sched.h> need not fight <sched.h>. */
-struct pgjob_clone_args {
-    uint64_t flags;
-    uint64_t pidfd;
-    uint64_t child_tid;
-    uint64_t parent_tid;
-    uint64_t exit_signal;
-    uint64_t stack;
-    uint64_t stack_size;
-    uint64_t tls;
-};
 
 /* Everything the children need, prepared with the GIL held; they only read it. */
 struct spawn_config {
@@ -57,12 +43,15 @@ struct spawn_config {
     sigset_t old_mask;          /* the spawning thread's mask, restored in the program */
     /* direct (pdeathsig) mode */
     pid_t pdeathsig_parent;     /* > 0: arm PR_SET_PDEATHSIG and check getppid() against it */
-    /* namespace (init) mode */
-    int owner_pidfd;            /* -1: don't watch the owner */
-    int status_write;           /* init writes the program's raw wait status here */
-    int map_ids;                /* CLONE_NEWUSER: map the owner's uid/gid onto themselves */
-    uid_t outer_uid;
-    gid_t outer_gid;
+    /* namespace mode: the job's namespaces, entered by the helper (enter_and_spawn) */
+    int pidns_fd;               /* -1: direct mode */
+    int userns_fd;              /* -1: no user namespace to enter */
+    char *program_stack;        /* top of the program's stack (the helper has its own) */
+    /* written by the helper, read by the owner once the helper has exited */
+    pid_t program_pid;
+    int program_pidfd;
+    int helper_errno;
+    const char *helper_failed;  /* the syscall that failed, NULL if none */
 };
 
 /* ---- async-signal-safe helpers: everything below runs in a child of a threaded process ---- */
@@ -146,8 +135,8 @@ close_range_or_loop(unsigned int first, unsigned int last)
 }
 
 /* Close every descriptor >= `low` except the sorted, distinct `keep` ones. */
-static void
-close_fds_except(int low, const int *keep, Py_ssize_t n_keep)
+void
+pgjob_close_fds_except(int low, const int *keep, Py_ssize_t n_keep)
 {
     unsigned int next = (unsigned int)low;
     for (Py_ssize_t i = 0; i < n_keep; i++) {
@@ -246,7 +235,7 @@ program_exec(const struct spawn_config *c)
         goto error;
     before_exec = 0;
     if (c->close_fds)
-        close_fds_except(3, c->fds_to_keep, c->n_fds_to_keep);
+        pgjob_close_fds_except(3, c->fds_to_keep, c->n_fds_to_keep);
 
     /* Same PATH walk as os._execvpe: report the first error that is not "not here". */
     for (Py_ssize_t i = 0; c->exec_array[i] != NULL; i++) {
@@ -264,8 +253,7 @@ error:
     _exit(255);
 }
 
-/* Entry of the CLONE_VM|CLONE_VFORK child, both as a direct child of the owner (pdeathsig
- * mode) and as the init's child (namespace mode). */
+/* Entry of the program's CLONE_VM|CLONE_VFORK child, in both modes. */
 static int
 program_main(void *arg)
 {
@@ -300,188 +288,86 @@ clone_vfork(const struct spawn_config *c, int *pidfd)
     return pid;
 }
 
+/* The helper: a CLONE_VM|CLONE_VFORK|CLONE_FILES child of the owner that exists only to enter
+ * the job's namespaces and clone the program from there.
+ *
+ * Why a helper and not a throwaway thread: setns(CLONE_NEWPID) needs CAP_SYS_ADMIN both in
+ * the namespace's user namespace and in the caller's own one, which an unprivileged owner
+ * lacks; it gets it by entering the job's user namespace first, and the kernel lets only a
+ * single-threaded process do that (EINVAL otherwise). The helper is such a process, sharing
+ * the owner's memory and descriptor table, so it costs no copy of either.
+ *
+ * CLONE_PARENT makes the program a child of the owner, not of the helper: Popen waits for it
+ * and signals it directly, and its pidfd lands in the shared descriptor table. It also gives
+ * the program the helper's exit signal, which must therefore be SIGCHLD (Popen's waitpid does
+ * not see children with another one). Results go back through the shared memory of `c`: the
+ * owner's thread is suspended (CLONE_VFORK) until the helper has exited. */
 static int
-write_file(const char *path, const char *text)
+enter_and_spawn(void *arg)
 {
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t len = (ssize_t)strlen(text);
-    ssize_t n = write(fd, text, (size_t)len);
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return n == len ? 0 : -1;
-}
+    struct spawn_config *c = arg;
 
-/* Format "<id> <id> 1\n" without snprintf (not async-signal-safe). */
-static void
-format_id_map(char *out, unsigned long id)
-{
-    char digits[24];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + id % 10);
-        id /= 10;
-    } while (id != 0);
-    char *p = out;
-    for (int pass = 0; pass < 2; pass++) {
-        for (int i = n - 1; i >= 0; i--)
-            *p++ = digits[i];
-        *p++ = ' ';
+    if (c->userns_fd >= 0 && setns(c->userns_fd, CLONE_NEWUSER) < 0) {
+        c->helper_failed = "setns(CLONE_NEWUSER)";
+        goto fail;
     }
-    *p++ = '1';
-    *p++ = '\n';
-    *p = '\0';
-}
-
-/* In a fresh user namespace, map our own uid and gid onto themselves, so the program sees
- * the owner's real ids. Allowed to an unprivileged process for exactly this one mapping. */
-int
-pgjob_map_own_ids(uid_t uid, gid_t gid)
-{
-    char line[64];
-    format_id_map(line, (unsigned long)uid);
-    if (write_file("/proc/self/uid_map", line) < 0)
-        return -1;
-    if (write_file("/proc/self/setgroups", "deny") < 0 && errno != ENOENT)
-        return -1;
-    format_id_map(line, (unsigned long)gid);
-    return write_file("/proc/self/gid_map", line);
-}
-
-/* The signals the init passes on to the program. Not the ones the kernel raises for the
- * init's own faults, not SIGCHLD (the init's own business), not SIGKILL/SIGSTOP. */
-void
-pgjob_forwarded_signals(sigset_t *set)
-{
-    sigfillset(set);
-    sigdelset(set, SIGKILL);
-    sigdelset(set, SIGSTOP);
-    sigdelset(set, SIGCHLD);
-    sigdelset(set, SIGSEGV);
-    sigdelset(set, SIGBUS);
-    sigdelset(set, SIGILL);
-    sigdelset(set, SIGFPE);
-    sigdelset(set, SIGTRAP);
-    sigdelset(set, SIGSYS);
-}
-
-static int
-exit_code_for(int status)
-{
-    if (WIFEXITED(status))
-        return WEXITSTATUS(status);
-    if (WIFSIGNALED(status))
-        return 128 + WTERMSIG(status);
-    return 255;
-}
-
-/* PID 1 of the job's namespace. When it exits, for whatever reason, the kernel SIGKILLs every
- * process left in the namespace. It exits when the program exits (after writing the program's
- * raw wait status to status_write, so Popen.returncode can be negative for a signal, which an
- * init can't reproduce by dying of that signal itself) and when the owner process is gone
- * (its pidfd turns readable only when the whole process has exited, not one thread). */
-static void
-namespace_init(struct spawn_config *c)
-{
-    sigset_t watched;
-    int sfd, keep[3], n_keep = 0;
-    pid_t program;
-
-    /* Every signal is blocked (the owner blocked them around clone3): a blocked signal is
-     * queued even for an init, so signalfd sees what the host sends us. */
-    reset_signal_handlers();
-    signal(SIGCHLD, SIG_DFL); /* SIG_IGN would auto-reap the program and lose its status */
-    /* Second line of defence for a *stopped* init, which can't poll the owner's pidfd: the
-     * kernel's SIGKILL reaches it anyway (forced: it comes from an ancestor namespace). Python
-     * spawns from a thread that lives as long as the process, so this can't fire early; the
-     * race with an owner that died before this line is covered by the pidfd, readable then. */
-    if (c->owner_pidfd >= 0 && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+    /* Changes only where this helper's children are created; the helper itself stays. */
+    if (setns(c->pidns_fd, CLONE_NEWPID) < 0) {
+        c->helper_failed = "setns(CLONE_NEWPID)";
         goto fail;
-    if (c->map_ids && pgjob_map_own_ids(c->outer_uid, c->outer_gid) < 0)
-        goto fail;
-    pgjob_forwarded_signals(&watched);
-    sigaddset(&watched, SIGCHLD);
-    if ((sfd = signalfd(-1, &watched, SFD_CLOEXEC)) < 0)
-        goto fail;
-
-    c->pdeathsig_parent = 0;
-    if ((program = clone_vfork(c, NULL)) < 0)
-        goto fail;
-
-    /* The program has exec'd (or reported its failure). Hold on to nothing of the owner's:
-     * a copy of a pipe end here would keep Popen's pipes (and the errpipe) from seeing EOF. */
-    keep[n_keep++] = sfd;
-    if (c->owner_pidfd >= 0)
-        keep[n_keep++] = c->owner_pidfd;
-    keep[n_keep++] = c->status_write;
-    for (int i = 1; i < n_keep; i++) /* insertion sort of three */
-        for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
-            int t = keep[j]; keep[j] = keep[j - 1]; keep[j - 1] = t;
-        }
-    close_fds_except(0, keep, n_keep);
-    if (chdir("/") < 0) {
-        /* only to release the owner's cwd; staying is harmless */
     }
-
-    struct pollfd fds[2] = {{sfd, POLLIN, 0}, {c->owner_pidfd, POLLIN, 0}};
-    nfds_t nfds = c->owner_pidfd >= 0 ? 2 : 1;
-    for (;;) {
-        if (poll(fds, nfds, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            _exit(PGJOB_INIT_FAILED_EXIT);
-        }
-        if (nfds == 2 && fds[1].revents != 0)
-            _exit(PGJOB_INIT_OWNER_GONE_EXIT); /* the kernel now kills the namespace */
-        if (!(fds[0].revents & POLLIN))
-            continue;
-        struct signalfd_siginfo infos[16];
-        ssize_t got = read(sfd, infos, sizeof(infos));
-        if (got < 0)
-            continue;
-        for (size_t i = 0; i < (size_t)got / sizeof(infos[0]); i++) {
-            int sig = (int)infos[i].ssi_signo;
-            if (sig == SIGCHLD) {
-                int status;
-                pid_t pid;
-                /* Reap every child: the program and the orphans that were reparented to us. */
-                while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-                    if (pid == program) {
-                        write_all(c->status_write, (const char *)&status, sizeof(status));
-                        _exit(exit_code_for(status));
-                    }
-                }
-            } else if (infos[i].ssi_code != SI_KERNEL) {
-                /* Sent with kill() and friends (Popen.send_signal): pass it on. A terminal's
-                 * SIGINT/SIGTSTP (SI_KERNEL) already reached the program through its process
-                 * group; forwarding it would deliver it twice. */
-                kill(program, sig);
-            }
-        }
+    c->program_pid = clone(program_main, c->program_stack,
+                           CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD, (void *)c,
+                           &c->program_pidfd);
+    if (c->program_pid < 0) {
+        /* ENOMEM here: the namespace's init is gone (the job was killed) */
+        c->helper_failed = "clone(CLONE_PARENT)";
+        goto fail;
     }
+    _exit(0);
 fail:
-    report_errno(c->errpipe_write, errno, 1, 0);
-    _exit(PGJOB_INIT_FAILED_EXIT);
+    c->helper_errno = errno;
+    _exit(1);
 }
 
-pid_t
-pgjob_clone3(uint64_t flags, int *pidfd)
+/* Run the helper and reap it; the program's pid (or -1 with errno and *failed set). */
+static pid_t
+spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
 {
-    struct pgjob_clone_args args;
-    memset(&args, 0, sizeof(args));
-    args.flags = flags | (pidfd != NULL ? CLONE_PIDFD : 0);
-    args.pidfd = (uint64_t)(uintptr_t)pidfd;
-    args.exit_signal = SIGCHLD;
-    /* No stack given: the child returns from this syscall on a copy of ours, like fork(). */
-    return (pid_t)syscall(SYS_clone3, &args, sizeof(args));
-}
-
-int
-pgjob_pidfd_open_self(void)
-{
-    return (int)syscall(SYS_pidfd_open, getpid(), 0);
+    char *stacks = mmap(NULL, 2 * CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stacks == MAP_FAILED) {
+        *failed = "mmap";
+        return -1;
+    }
+    c->program_stack = stacks + 2 * CHILD_STACK_SIZE;
+    c->program_pid = -1;
+    c->program_pidfd = -1;
+    c->helper_errno = 0;
+    c->helper_failed = NULL;
+    pid_t helper = clone(enter_and_spawn, stacks + CHILD_STACK_SIZE,
+                         CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, (void *)c);
+    int saved = errno;
+    if (helper > 0) {
+        /* The helper has exited (or is about to: CLONE_VFORK releases us in its exit path);
+         * it is our child, and nobody else knows its pid. ECHILD: someone's waitpid(-1)
+         * reaped it first, which is harmless. */
+        while (waitpid(helper, NULL, __WALL) < 0 && errno == EINTR)
+            ;
+    }
+    munmap(stacks, 2 * CHILD_STACK_SIZE);
+    if (helper < 0) {
+        *failed = "clone(CLONE_VM|CLONE_VFORK|CLONE_FILES)";
+        errno = saved;
+        return -1;
+    }
+    if (c->helper_failed != NULL) {
+        *failed = c->helper_failed;
+        errno = c->helper_errno;
+        return -1;
+    }
+    *pidfd = c->program_pidfd;
+    return c->program_pid;
 }
 
 /* ---- argument conversion (GIL held) ---- */
@@ -557,26 +443,24 @@ int_array(PyObject *seq, const char *what, int **out, Py_ssize_t *n_out)
 /* spawn(argv, executables, env, cwd, close_fds, fds_to_keep,
  *       p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,
  *       restore_signals, start_new_session, process_group, gid, extra_groups, uid, umask,
- *       clone_flags, watch_owner, map_ids, chdir_marker)
- * -> (pid, pidfd, status_fd)
+ *       pidns_fd, userns_fd, pdeathsig, chdir_marker)
+ * -> (pid, pidfd)
  *
- * clone_flags == 0: direct child (CLONE_VM|CLONE_VFORK), with PR_SET_PDEATHSIG if watch_owner;
- * status_fd is -1. Otherwise clone3(clone_flags) makes a namespace init that runs the program;
- * status_fd is the read end (non-blocking, close-on-exec) of the pipe the init writes the
- * program's raw wait status to just before it exits. */
+ * pidns_fd >= 0: the program starts inside that PID namespace (entering userns_fd first if
+ * it is >= 0), as a child of the calling process. pidns_fd == -1: a direct CLONE_VM|CLONE_VFORK
+ * child, with PR_SET_PDEATHSIG(SIGKILL) if pdeathsig. Either way `pid` is the program's own
+ * host pid and `pidfd` refers to it. */
 PyObject *
 linux_spawn(PyObject *self, PyObject *args)
 {
     PyObject *argv_obj, *exec_obj, *env_obj, *cwd_obj, *keep_obj, *groups_obj;
     PyObject *argv_keep = NULL, *exec_keep = NULL, *env_keep = NULL;
     struct spawn_config c;
-    unsigned long long clone_flags;
     long process_group, gid, uid;
-    int watch_owner, map_ids, umask_value;
+    int pdeathsig, umask_value;
     int *keep = NULL, *groups_int = NULL;
     gid_t *groups = NULL;
     Py_ssize_t n_groups = -1;
-    int status_pipe[2] = {-1, -1};
     int pidfd = -1, saved_errno = 0;
     pid_t pid = -1;
     PyObject *result = NULL;
@@ -584,20 +468,18 @@ linux_spawn(PyObject *self, PyObject *args)
 
     (void)self;
     memset(&c, 0, sizeof(c));
-    if (!PyArg_ParseTuple(args, "OOOOpOiiiiiiiippllOliKppp:spawn",
+    if (!PyArg_ParseTuple(args, "OOOOpOiiiiiiiippllOliiipp:spawn",
                           &argv_obj, &exec_obj, &env_obj, &cwd_obj, &c.close_fds, &keep_obj,
                           &c.p2cread, &c.p2cwrite, &c.c2pread, &c.c2pwrite, &c.errread,
                           &c.errwrite, &c.errpipe_read, &c.errpipe_write, &c.restore_signals,
                           &c.start_new_session, &process_group, &gid, &groups_obj, &uid,
-                          &umask_value, &clone_flags, &watch_owner, &map_ids,
+                          &umask_value, &c.pidns_fd, &c.userns_fd, &pdeathsig,
                           &c.chdir_marker))
         return NULL;
     c.process_group = (pid_t)process_group;
     c.gid = (gid_t)gid;
     c.uid = (uid_t)uid;
     c.child_umask = umask_value;
-    c.owner_pidfd = -1;
-    c.status_write = -1;
 
     if ((c.argv = bytes_array(argv_obj, "argv", &argv_keep)) == NULL)
         goto done;
@@ -628,44 +510,19 @@ linux_spawn(PyObject *self, PyObject *args)
     }
     c.extra_groups = groups;
     c.n_extra_groups = n_groups;
-    c.map_ids = map_ids;
-    c.outer_uid = geteuid();
-    c.outer_gid = getegid();
-
-    if (watch_owner) {
-        if (clone_flags != 0) {
-            if ((c.owner_pidfd = pgjob_pidfd_open_self()) < 0) {
-                failed = "pidfd_open";
-                saved_errno = errno;
-                goto done;
-            }
-            PGJOB_TRACE("pidfd_open(%d) -> fd %d (the init watches the owner)", getpid(), c.owner_pidfd);
-        } else {
-            c.pdeathsig_parent = getpid();
-        }
-    }
-    if (clone_flags != 0) {
-        if (pipe2(status_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
-            failed = "pipe2";
-            saved_errno = errno;
-            goto done;
-        }
-        c.status_write = status_pipe[1];
-    }
+    if (pdeathsig && c.pidns_fd < 0)
+        c.pdeathsig_parent = getpid();
 
     sigset_t all;
     sigfillset(&all);
-    /* Block everything: no handler may run in the child before it resets them. */
+    /* Block everything: no handler may run in a child before it resets them. */
     pthread_sigmask(SIG_BLOCK, &all, &c.old_mask);
     Py_BEGIN_ALLOW_THREADS
-    if (clone_flags != 0) {
-        pid = pgjob_clone3(clone_flags, &pidfd);
-        if (pid == 0)
-            namespace_init(&c); /* never returns */
-        failed = "clone3";
+    if (c.pidns_fd >= 0) {
+        pid = spawn_in_namespace(&c, &pidfd, &failed);
     } else {
         pid = clone_vfork(&c, &pidfd);
-        failed = "clone";
+        failed = "clone(CLONE_VM|CLONE_VFORK)";
     }
     saved_errno = errno;
     Py_END_ALLOW_THREADS
@@ -673,23 +530,15 @@ linux_spawn(PyObject *self, PyObject *args)
     if (pid < 0)
         goto done;
     failed = NULL;
-    PGJOB_TRACE("%s(flags=0x%llx) -> pid %d, pidfd %d", clone_flags ? "clone3" : "clone(CLONE_VM|CLONE_VFORK)",
-                clone_flags, (int)pid, pidfd);
-    result = Py_BuildValue("(iii)", (int)pid, pidfd, status_pipe[0]);
-    if (result == NULL) {
-        /* The child runs; don't leak its descriptors. */
-        close(pidfd);
-        close(status_pipe[0]);
-    }
-    status_pipe[0] = -1;
+    PGJOB_TRACE("%s -> pid %d, pidfd %d",
+                c.pidns_fd >= 0 ? "setns(pid namespace) + clone(CLONE_VM|CLONE_VFORK|CLONE_PARENT)"
+                                : "clone(CLONE_VM|CLONE_VFORK)",
+                (int)pid, pidfd);
+    result = Py_BuildValue("(ii)", (int)pid, pidfd);
+    if (result == NULL)
+        close(pidfd); /* the child runs; don't leak its descriptor */
 
 done:
-    if (c.owner_pidfd >= 0)
-        close(c.owner_pidfd);
-    if (status_pipe[1] >= 0)
-        close(status_pipe[1]);
-    if (status_pipe[0] >= 0)
-        close(status_pipe[0]);
     PyMem_Free((void *)c.argv);
     PyMem_Free((void *)c.exec_array);
     PyMem_Free((void *)c.envp);

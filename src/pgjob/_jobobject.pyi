@@ -106,22 +106,26 @@ if sys.platform == "linux":
         extra_groups: tuple[int, ...] | None,
         uid: int,
         umask: int,
-        clone_flags: int,
-        watch_owner: bool,
-        map_ids: bool,
+        pidns_fd: int,
+        userns_fd: int,
+        pdeathsig: bool,
         chdir_marker: bool,
         /,
-    ) -> tuple[int, int, int]: ...
+    ) -> tuple[int, int]: ...
     # linux_job.c
-    def probe(clone_flags: int, map_ids: bool, /) -> None: ...
+    def start_init(
+        clone_flags: int, map_ids: bool, on_owner_exit: int, on_eof: int, arm_pdeathsig: bool, /
+    ) -> tuple[int, int, int]: ...
     def unshare(flags: int, /) -> None: ...
     def setns(fd: int, nstype: int, /) -> None: ...
-    def start_reaper(arm_pdeathsig: bool, /) -> tuple[int, int]: ...
 
     CLONE_NEWPID: int
     CLONE_NEWUSER: int
-    PGJOB_INIT_FAILED_EXIT: int
-    PGJOB_INIT_OWNER_GONE_EXIT: int
+    PGJOB_INIT_IGNORE: int
+    PGJOB_INIT_DRAIN: int
+    PGJOB_INIT_KILL: int
+    PGJOB_INIT_TERMINATE: int
+    PGJOB_INIT_DETACH: int
     EPERM: int
     EACCES: int
     EINVAL: int

@@ -1,7 +1,8 @@
-"""Linux backend: each job.popen() child runs in its own PID namespace under a small C init
-that dies with the owner process, so the kernel kills the whole tree (mechanism
-"pid_namespace"); where namespaces are refused, direct children get PR_SET_PDEATHSIG
-("pdeathsig", weaker, see docs/linux.md).
+"""Linux backend: a Job owns one PID namespace whose PID 1 is a small C init that dies with
+the owner process, so the kernel kills the whole tree (mechanism "pid_namespace"); each
+job.popen() child enters that namespace as it is created, staying a child of this process;
+where namespaces are refused, direct children get PR_SET_PDEATHSIG ("pdeathsig", weaker,
+see docs/linux.md).
 
 subprocess.Popen keeps doing everything it does (argument and env conversion, pipes,
 errpipe protocol, communicate, timeouts); only its one call to _posixsubprocess.fork_exec is
@@ -71,11 +72,19 @@ def _nspid_depth(pid) -> int:
     return 1
 
 
-def _namespace_members(namespaces: set) -> list:
-    """Host pids of every process in one of `namespaces` (as _pid_namespace returns them)."""
+def _running(pid: int) -> bool:
+    """Not exited: a zombie is waiting for its parent (Popen) to reap it, and no member."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in (b"Z", b"X")
+
+
+def _namespace_members(namespaces: set, inits: set) -> list:
+    """Host pids of the running processes in one of `namespaces` (as _pid_namespace returns
+    them), pgjob's own inits (`inits`) left out."""
     if not namespaces:
         return []
-    return [pid for pid in _all_pids() if _pid_namespace(pid) in namespaces]
+    return [pid for pid in _all_pids()
+            if pid not in inits and _pid_namespace(pid) in namespaces and _running(pid)]
 
 
 def _descendants(roots: list) -> list:
@@ -132,8 +141,9 @@ def _execute_child_with(execute_child, fork_exec):
                               execute_child.__defaults__, execute_child.__closure__)
 
 
-def _spawn(fork_exec_args: tuple, clone_flags: int, watch_owner: bool, map_ids: bool) -> tuple:
-    """Call _jobobject.spawn with what subprocess passed to _posixsubprocess.fork_exec."""
+def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool) -> tuple:
+    """Call _jobobject.spawn with what subprocess passed to _posixsubprocess.fork_exec;
+    (pid, pidfd) of the program."""
     a = fork_exec_args
     if len(a) == 23:  # 3.11+: ..., process_group, gid, extra_groups, uid, umask, preexec_fn, allow_vfork
         (args, executables, close_fds, fds_to_keep, cwd, env, p2cread, p2cwrite, c2pread,
@@ -159,78 +169,13 @@ def _spawn(fork_exec_args: tuple, clone_flags: int, watch_owner: bool, map_ids: 
         p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,
         bool(restore_signals), bool(start_new_session), process_group,
         -1 if gid is None else gid, None if groups is None else tuple(groups),
-        -1 if uid is None else uid, umask, clone_flags, watch_owner, map_ids, _CHDIR_MARKER)
-
-
-class _ExitStatusPipe:
-    """Read end of the pipe a namespace init writes its program's raw wait status to.
-
-    An init can't die of an arbitrary signal from inside its own namespace, so its own exit
-    status can't say "killed by SIGTERM"; this pipe can, and Popen.returncode comes from it."""
-
-    __slots__ = ("fd", "status")
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.status: Optional[int] = None
-
-    def program_status(self, init_status: int, _read=os.read, _close=os.close,
-                       _order=sys.byteorder) -> int:
-        # Called from Popen.__del__ too: use nothing but the default arguments.
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            try:
-                data = _read(fd, 64)
-            except OSError:
-                data = b""  # EAGAIN: the init was killed before the program exited
-            finally:
-                _close(fd)
-            if len(data) >= 4:
-                self.status = int.from_bytes(data[:4], _order, signed=True)
-        return init_status if self.status is None else self.status
-
-    def __del__(self) -> None:
-        if self.fd >= 0:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
-
-
-_MIRRORING_CLASSES: dict = {}
-
-
-def _mirror_program_status(popen, fd: int) -> None:
-    """Make popen.returncode the program's, not the init's: its class becomes a subclass
-    whose _handle_exitstatus substitutes the status the init reported. (A subclass rather
-    than an instance attribute: a bound method stored on the instance would be a reference
-    cycle, and Popen.__del__ would then only run at garbage collection.)"""
-    base = type(popen)
-    mirroring = _MIRRORING_CLASSES.get(base)
-    if mirroring is None:
-        handle = base._handle_exitstatus
-
-        def _handle_exitstatus(self, sts, *args, **kwargs):
-            pipe = self.__dict__.get("_pgjob_exit_status")
-            if pipe is not None:
-                sts = pipe.program_status(sts)
-            return handle(self, sts, *args, **kwargs)
-
-        mirroring = type(base.__name__, (base,), {
-            "_handle_exitstatus": _handle_exitstatus,
-            "__module__": base.__module__,
-            "__qualname__": base.__qualname__,
-            "__doc__": base.__doc__,
-        })
-        _MIRRORING_CLASSES[base] = mirroring
-    popen._pgjob_exit_status = _ExitStatusPipe(fd)
-    popen.__class__ = mirroring
+        -1 if uid is None else uid, umask, pidns_fd, userns_fd, pdeathsig, _CHDIR_MARKER)
 
 
 class _SpawnThread:
     """PR_SET_PDEATHSIG fires when the parent *thread* exits (golang/go#27505), so a pdeathsig
-    child spawned from a worker thread would die with that thread. Such spawns run here, on
-    one thread that lives as long as the process."""
+    child (or a namespace's init) made from a worker thread would die with that thread. Such
+    clones run here, on one thread that lives as long as the process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -273,14 +218,13 @@ _SPAWN_THREAD = _SpawnThread()
 # -- the job backends ---------------------------------------------------------------------------
 
 class _Member:
-    """A process pgjob started: the namespace init (pid_namespace) or the program (pdeathsig)."""
+    """A process job.popen() started (the program itself, in both mechanisms)."""
 
-    __slots__ = ("pid", "pidfd", "namespace", "exited")
+    __slots__ = ("pid", "pidfd", "exited")
 
-    def __init__(self, pid: int, pidfd: int, namespace: Optional[tuple]) -> None:
+    def __init__(self, pid: int, pidfd: int) -> None:
         self.pid = pid
         self.pidfd = pidfd
-        self.namespace = namespace
         self.exited = False
 
 
@@ -296,6 +240,7 @@ class _LinuxJob(JobBackend):
         self._members: list = []
         self._events: collections.deque = collections.deque()
         self._started = 0
+        self._zero_pending = False  # a member started since the last ACTIVE_PROCESS_ZERO
         self._closed = False
         # Lets next_event() wake up when a process is started while it waits.
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -304,24 +249,22 @@ class _LinuxJob(JobBackend):
     def _spawn_member(self, fork_exec_args: tuple) -> tuple:
         raise NotImplementedError
 
-    def _member_namespace(self, pid: int) -> Optional[tuple]:
-        return None
+    def _others_alive(self) -> bool:
+        """Members beyond the ones we hold pidfds for (their descendants, daemons)."""
+        return False
 
     # membership
     def execute_child(self, popen, execute_child, args) -> None:
         def fork_exec(*fork_exec_args):
-            pid, pidfd, status_fd = self._spawn_member(fork_exec_args)
-            # Registered before Popen reads the errpipe: an exec failure still reaps right.
-            if status_fd >= 0:
-                _mirror_program_status(popen, status_fd)
-            member = _Member(pid, pidfd, self._member_namespace(pid))
+            pid, pidfd = self._spawn_member(fork_exec_args)
             with self._lock:
                 if self._closed:  # close() raced with this spawn: don't leave it running
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                     os.close(pidfd)
                 else:
-                    self._members.append(member)
+                    self._members.append(_Member(pid, pidfd))
                     self._started += 1
+                    self._zero_pending = True
                     self._events.append(JobEvent(EventKind.NEW_PROCESS, pid))
             logger.debug("%s: pid %d, pidfd %d", self.spawn_path, pid, pidfd)
             try:
@@ -344,26 +287,28 @@ class _LinuxJob(JobBackend):
             "creates by other means (subprocess, os.system): that needs a PID namespace")
 
     def _poll_exits(self) -> list:
-        """Mark members whose pidfd turned readable (the process exited); return the live ones."""
+        """Mark members whose pidfd turned readable (the process exited); return the live ones.
+        Queues ACTIVE_PROCESS_ZERO once nobody is left, the members' descendants included."""
         with self._lock:
             members = [m for m in self._members if not m.exited]
-        if not members:
-            return []
-        poller = select.poll()
-        for m in members:
-            poller.register(m.pidfd, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(0)}
         live = []
-        with self._lock:
+        if members:
+            poller = select.poll()
             for m in members:
-                if m.pidfd in ready:
-                    if not m.exited:
+                poller.register(m.pidfd, select.POLLIN)
+            ready = {fd for fd, _ in poller.poll(0)}
+            with self._lock:
+                for m in members:
+                    if m.pidfd not in ready:
+                        live.append(m)
+                    elif not m.exited:
                         m.exited = True
                         self._events.append(JobEvent(EventKind.EXIT_PROCESS, m.pid))
-                else:
-                    live.append(m)
-            if ready and not live and not any(not m.exited for m in self._members):
-                self._events.append(JobEvent(EventKind.ACTIVE_PROCESS_ZERO))
+        if not live and self._zero_pending and not self._others_alive():
+            with self._lock:
+                if self._zero_pending:
+                    self._zero_pending = False
+                    self._events.append(JobEvent(EventKind.ACTIVE_PROCESS_ZERO))
         return live
 
     def stats(self) -> JobStats:
@@ -387,11 +332,20 @@ class _LinuxJob(JobBackend):
             poller.register(self._wake_read, select.POLLIN)
             for m in live:
                 poller.register(m.pidfd, select.POLLIN)
-            poller.poll(None if remaining is None else max(1, int(remaining * 1000)))
+            poller.poll(self._poll_slice_ms(live, remaining))
             try:
                 os.read(self._wake_read, 4096)
             except BlockingIOError:
                 pass
+
+    def _poll_slice_ms(self, live: list, remaining: Optional[float]) -> Optional[int]:
+        """How long to sleep in poll(): members we hold no pidfd for (daemons, grandchildren)
+        don't wake us, so while only they can be left, look again every 50 ms."""
+        slice_ms = None if live or not self._zero_pending else 50
+        if remaining is None:
+            return slice_ms
+        wanted = max(1, int(remaining * 1000))
+        return wanted if slice_ms is None else min(wanted, slice_ms)
 
     def wait(self, timeout: Optional[float]) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -408,10 +362,6 @@ class _LinuxJob(JobBackend):
             # Re-check at least every 50 ms for members we hold no pidfd for.
             slice_ms = 50 if remaining is None else max(1, min(50, int(remaining * 1000)))
             poller.poll(slice_ms)
-
-    def _others_alive(self) -> bool:
-        """Members beyond the ones we hold pidfds for (pdeathsig: their descendants)."""
-        return False
 
     def _kill_members(self) -> None:
         with self._lock:
@@ -452,59 +402,161 @@ class _LinuxJob(JobBackend):
                 pass
 
 
+_UNREAPED_INITS: list = []  # pidfds of inits we no longer use that had not exited yet
+_UNREAPED_LOCK = threading.Lock()
+
+
+def _reaped(pidfd: int) -> bool:
+    try:
+        return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is not None
+    except ChildProcessError:
+        return True  # someone's waitpid(-1) reaped it already: nothing left to do
+
+
+def _reap_inits(pidfd: int = -1) -> None:
+    """Reap the inits we let go of, now or on a later call. A killed init stays a zombie-to-be
+    until every member has been reaped by its own parent (the kernel waits for them before it
+    lets a namespace's init go), so Popen.wait() may come first: like subprocess's _active."""
+    with _UNREAPED_LOCK:
+        if pidfd >= 0:
+            _UNREAPED_INITS.append(pidfd)
+        for fd in list(_UNREAPED_INITS):
+            if _reaped(fd):
+                _UNREAPED_INITS.remove(fd)
+                os.close(fd)
+
+
+class _Init:
+    """PID 1 of a namespace pgjob made (a job's, or protect_children()'s reaper), and the
+    descriptors that reach it: its pidfd, the control socket, the namespace files to setns."""
+
+    __slots__ = ("pid", "pidfd", "control", "pidns_fd", "userns_fd", "namespace", "_lock")
+
+    def __init__(self, pid: int, pidfd: int, control: int, with_userns: bool) -> None:
+        self.pid, self.pidfd, self.control = pid, pidfd, control
+        self.pidns_fd = self.userns_fd = -1
+        self._lock = threading.Lock()
+        try:
+            # Our child and not reaped: the pid can't name another process meanwhile.
+            self.pidns_fd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            if with_userns:
+                self.userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.kill()
+            self.release()
+            raise
+        st = os.fstat(self.pidns_fd)
+        self.namespace = (st.st_dev, st.st_ino)
+
+    def terminate_members(self, timeout: float = 5.0) -> None:
+        """SIGKILL every process in the namespace but the init, which stays for later spawns;
+        returns once the init has sent them the signal."""
+        try:
+            # A stopped init could not answer: let it run (it ignores the signal itself).
+            signal.pidfd_send_signal(self.pidfd, signal.SIGCONT)
+        except ProcessLookupError:
+            return  # the init is gone, and with it every member
+        with self._lock:
+            try:
+                os.write(self.control, bytes([c.PGJOB_INIT_TERMINATE]))
+            except BrokenPipeError:
+                return  # the init exited: so did the namespace
+            poller = select.poll()
+            poller.register(self.control, select.POLLIN)
+            poller.register(self.pidfd, select.POLLIN)
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(errno.ETIMEDOUT, f"the job's init (pid {self.pid}) did "
+                                       f"not answer the terminate request in {timeout} s")
+                for fd, _ in poller.poll(max(1, int(remaining * 1000))):
+                    if fd == self.pidfd:
+                        return  # the init exited: the kernel kills the namespace
+                    if os.read(self.control, 1) in (b"", bytes([c.PGJOB_INIT_TERMINATE])):
+                        return
+
+    def kill(self) -> None:
+        """The namespace dies with its init: the kernel SIGKILLs every process in it."""
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # exited already, and the namespace with it
+
+    def detach(self) -> None:
+        """Let the members outlive the job and the owner: the init stays until they are gone."""
+        try:
+            os.write(self.control, bytes([c.PGJOB_INIT_DETACH]))
+        except OSError:
+            pass  # the init is gone: nothing left to detach from
+
+    def release(self) -> None:
+        for fd in (self.control, self.pidns_fd, self.userns_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.control = self.pidns_fd = self.userns_fd = -1
+        if self.pidfd >= 0:
+            _reap_inits(self.pidfd)
+            self.pidfd = -1
+
+
 class NamespaceJob(_LinuxJob):
-    """Every job.popen() child in a new PID namespace whose init (pgjob C code, PID 1) runs the
-    program, forwards signals to it, reaps orphans, mirrors the program's exit status and exits
-    with the owner process or the program. When an init exits the kernel SIGKILLs everything
-    left in its namespace, double-forked setsid daemons included."""
+    """One PID namespace per job, created with the job; its init (pgjob C code, PID 1) reaps
+    orphans and exits with the owner process (or when the job is closed), and then the kernel
+    SIGKILLs everything left in the namespace, double-forked setsid daemons included. Each
+    job.popen() child enters the namespace as it is created, as our own child: Popen.pid,
+    returncode and signals are the program's own."""
 
     mechanism = "pid_namespace"
-    spawn_path = "namespace_init"
+    spawn_path = "setns"
 
-    def __init__(self, options: JobOptions, clone_flags: int, map_ids: bool) -> None:
+    def __init__(self, options: JobOptions, init: _Init) -> None:
         super().__init__(options)
-        self._clone_flags = clone_flags
-        self._map_ids = map_ids
-        self._reaper: Optional[_Member] = None  # protect_children(): our own namespace's PID 1
+        self._init = init          # the namespace job.popen() starts processes in
+        self._inits = [init]       # every namespace whose processes are members
+        self._reaper: Optional[_Init] = None  # protect_children(): our own children's namespace
 
     def _spawn_member(self, fork_exec_args: tuple) -> tuple:
-        if not self.options.kill_on_close:
-            return _spawn(fork_exec_args, self._clone_flags, False, self._map_ids)
-        # The init watches the owner through a pidfd (the whole process), and also arms
-        # PR_SET_PDEATHSIG for when it is stopped and can't poll; that one follows the parent
-        # *thread*, hence the long-lived spawning thread.
-        return _SPAWN_THREAD.call(_spawn, fork_exec_args, self._clone_flags, True, self._map_ids)
-
-    def _member_namespace(self, pid: int) -> Optional[tuple]:
-        # None if the init already exited: then its namespace is empty for good.
-        return _pid_namespace(pid)
-
-    def _namespaces(self) -> set:
-        live = self._poll_exits()
-        namespaces = {m.namespace for m in live if m.namespace is not None}
-        if self._reaper is not None and self._reaper.namespace is not None:
-            namespaces.add(self._reaper.namespace)
-        return namespaces
+        # Members arm no PR_SET_PDEATHSIG: the init watches the owner for the whole namespace,
+        # so any thread may spawn.
+        return _spawn(fork_exec_args, self._init.pidns_fd, self._init.userns_fd, False)
 
     def pids(self) -> list:
-        return _namespace_members(self._namespaces())
+        return _namespace_members({i.namespace for i in self._inits},
+                                  {i.pid for i in self._inits})
 
     def contains(self, pid: int) -> bool:
-        namespaces = self._namespaces()
-        return bool(namespaces) and _pid_namespace(pid) in namespaces
+        return (all(pid != i.pid for i in self._inits)
+                and _pid_namespace(pid) in {i.namespace for i in self._inits} and _running(pid))
+
+    def _others_alive(self) -> bool:
+        return bool(self.pids())
 
     def terminate(self, exit_code: int) -> None:
-        # A PID namespace has no exit code to give: every member dies of SIGKILL.
-        self._kill_members()
-        if self._reaper is not None:
-            # Our own namespace (protect_children): kill its members, not its init, or this
-            # process could not create another child (fork fails with ENOMEM without one).
-            for pid in _namespace_members({self._reaper.namespace}):
-                if pid != self._reaper.pid:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass  # exited since we listed it
+        # A PID namespace has no exit code to give: every member dies of SIGKILL. The inits
+        # stay, so the job can start processes again (as a Windows job can).
+        for init in self._inits:
+            init.terminate_members()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for init in self._inits:
+            if self.options.kill_on_close:
+                init.kill()
+            else:
+                init.detach()
+        self._release()
+
+    def detach(self) -> Optional[int]:
+        with self._lock:
+            self._closed = True
+        for init in self._inits:
+            init.detach()
+        self._release()
+        return None
 
     def assign_current(self) -> None:
         if self._reaper is not None:
@@ -520,13 +572,26 @@ class NamespaceJob(_LinuxJob):
             _map_own_ids()
             logger.debug("unshare(CLONE_NEWUSER|CLONE_NEWPID) and mapped uid %d", os.geteuid())
         try:
-            # PR_SET_PDEATHSIG only from the main thread: it fires when the parent thread exits.
-            pid, pidfd = c.start_reaper(threading.current_thread() is threading.main_thread())
+            # PR_SET_PDEATHSIG only from the main thread: it fires when the parent thread
+            # exits. The reaper stays when this process execs (the control socket closes
+            # then): the new program's children still need an init to be created at all.
+            pid, pidfd, control = c.start_init(
+                0, False, c.PGJOB_INIT_KILL, c.PGJOB_INIT_IGNORE,
+                threading.current_thread() is threading.main_thread())
+            reaper = _Init(pid, pidfd, control, False)
         except BaseException:
             _leave_pid_namespace_for_children()
             raise
         logger.debug("started the namespace's init (reaper): pid %d", pid)
-        self._reaper = _Member(pid, pidfd, _pid_namespace(pid))
+        self._reaper = reaper
+        self._inits.append(reaper)
+        # job.popen() from now on starts in the reaper's namespace too: after
+        # unshare(CLONE_NEWUSER) we could not enter the job's own one any more.
+        own, self._init = self._init, reaper
+        if self._started == 0:
+            self._inits.remove(own)
+            own.kill()
+            own.release()
         if threads > 1:
             logger.warning(
                 "protect_children(): %d other threads already existed; children they create "
@@ -541,8 +606,8 @@ class NamespaceJob(_LinuxJob):
 
     def _release(self) -> None:
         super()._release()
-        if self._reaper is not None:
-            os.close(self._reaper.pidfd)
+        for init in self._inits:
+            init.release()
 
 
 class PdeathsigJob(_LinuxJob):
@@ -556,8 +621,8 @@ class PdeathsigJob(_LinuxJob):
 
     def _spawn_member(self, fork_exec_args: tuple) -> tuple:
         if not self.options.kill_on_close:
-            return _spawn(fork_exec_args, 0, False, False)
-        return _SPAWN_THREAD.call(_spawn, fork_exec_args, 0, True, False)
+            return _spawn(fork_exec_args, -1, -1, False)
+        return _SPAWN_THREAD.call(_spawn, fork_exec_args, -1, -1, True)
 
     def _roots(self) -> list:
         return [m.pid for m in self._poll_exits()]
@@ -634,25 +699,48 @@ def _leave_pid_namespace_for_children() -> None:
 _NAMESPACE_FLAGS: dict = {}  # pid -> (clone_flags, map_ids) that worked in that process
 
 
-def namespace_flags() -> tuple:
-    """The clone flags that give a child its own PID namespace here, probed once per process:
-    CLONE_NEWPID alone with CAP_SYS_ADMIN, else an unprivileged user namespace too. Raises
-    the OSError of the last attempt if the kernel refuses both."""
+def _start_job_init(options: JobOptions) -> tuple:
+    """Start the init of a new PID namespace for a job: (_Init, clone_flags, map_ids).
+    CLONE_NEWPID alone works with CAP_SYS_ADMIN, else an unprivileged user namespace is
+    needed too; which one works is remembered per process. Raises the OSError of the last
+    attempt if the kernel refuses both."""
+    # kill_on_close: the namespace dies with the owner. Otherwise members outlive the owner
+    # (as on Windows), and the init stays until the namespace is empty.
+    on_exit = c.PGJOB_INIT_KILL if options.kill_on_close else c.PGJOB_INIT_DRAIN
     found = _NAMESPACE_FLAGS.get(os.getpid())
-    if found is not None:
-        return found
+    candidates = [found] if found else [(c.CLONE_NEWPID, False),
+                                        (c.CLONE_NEWUSER | c.CLONE_NEWPID, True)]
     failure = None
-    for flags, map_ids in ((c.CLONE_NEWPID, False), (c.CLONE_NEWUSER | c.CLONE_NEWPID, True)):
+    for flags, map_ids in candidates:
         try:
-            c.probe(flags, map_ids)
+            if options.kill_on_close:
+                # The init arms PR_SET_PDEATHSIG, which follows the thread that clones it.
+                pid, pidfd, control = _SPAWN_THREAD.call(c.start_init, flags, map_ids,
+                                                         on_exit, on_exit, True)
+            else:
+                pid, pidfd, control = c.start_init(flags, map_ids, on_exit, on_exit, False)
         except OSError as exc:
-            logger.debug("probe clone3(0x%x): %s", flags, exc)
+            logger.debug("clone3(0x%x) for a job's init: %s", flags, exc)
             failure = exc
             continue
         _NAMESPACE_FLAGS[os.getpid()] = (flags, map_ids)
-        return flags, map_ids
+        logger.debug("started the job's init: pid %d, clone3 flags 0x%x%s", pid, flags,
+                     ", unprivileged user namespace" if map_ids else "")
+        return _Init(pid, pidfd, control, map_ids), flags, map_ids
     assert failure is not None
     raise failure
+
+
+def namespace_flags() -> tuple:
+    """The clone flags that give a job its own PID namespace here, and whether a user
+    namespace (with our ids mapped) is part of it; probed once per process."""
+    found = _NAMESPACE_FLAGS.get(os.getpid())
+    if found is not None:
+        return found
+    init, flags, map_ids = _start_job_init(JobOptions())
+    init.kill()
+    init.release()
+    return flags, map_ids
 
 
 def _cgroup2_controllers() -> Optional[set]:
@@ -690,7 +778,7 @@ def open_job(options: JobOptions) -> JobBackend:
     if wanted == "pdeathsig":
         return PdeathsigJob(options)
     try:
-        flags, map_ids = namespace_flags()
+        init, _, _ = _start_job_init(options)
     except OSError as exc:
         err = _errors.classify(exc, "create")
         if wanted == "pid_namespace" or options.on_unavailable == "raise":
@@ -703,9 +791,8 @@ def open_job(options: JobOptions) -> JobBackend:
             "their own children (and daemons) survive that and are killed only by "
             "close()/terminate(), if still found", exc.strerror or exc, exc.errno)
         return PdeathsigJob(options)
-    logger.debug("mechanism pid_namespace (clone flags 0x%x%s)", flags,
-                 ", unprivileged user namespace" if map_ids else "")
-    return NamespaceJob(options, flags, map_ids)
+    _reap_inits()
+    return NamespaceJob(options, init)
 
 
 def in_job(pid: Optional[int]) -> bool:

@@ -105,6 +105,15 @@ def all_in_namespace_of(pid):
     return out
 
 
+def inner_pid(pid):
+    """`pid` as its own PID namespace sees it (the last NSpid field); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int([line for line in f if line.startswith("NSpid:")][0].split()[-1])
+    except (OSError, IndexError):
+        return None
+
+
 def main():
     members = SCENARIOS[scenario]
     ready_names = [n for _, _, names in members for n in names]
@@ -145,8 +154,11 @@ def main():
                 popens.append(job.popen(argv + [ready_dir, name]))
         wait_ready(ready_names)
         if scenario == "stopped":
-            # Every member, the namespace's init included: a stopped init can't poll.
-            for pid in job.pids():
+            # Every member, and the namespace's init: a stopped init can't poll the owner's
+            # pidfd, so this exercises its PR_SET_PDEATHSIG backstop.
+            inits = [pid for pid in all_in_namespace_of(popens[0].pid) if inner_pid(pid) == 1]
+            report["stopped_init"] = inits
+            for pid in job.pids() + inits:
                 try:
                     os.kill(pid, signal.SIGSTOP)
                 except ProcessLookupError:

@@ -11,7 +11,7 @@ import pytest
 
 import pgjob
 from pgjob import _jobobject, _linux
-from conftest import wait_until
+from conftest import alive, wait_until
 
 pytestmark = pytest.mark.linux
 
@@ -19,12 +19,12 @@ pytestmark = pytest.mark.linux
 @pytest.fixture
 def no_namespaces(monkeypatch):
     """The kernel refusing PID namespaces, as user.max_pid_namespaces=0 does: ENOSPC from clone3."""
-    def refuse(flags, map_ids):
+    def refuse(flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig):
         exc = OSError(errno.ENOSPC, "clone3 failed: No space left on device")
         exc.syscall = "clone3"
         raise exc
 
-    monkeypatch.setattr(_jobobject, "probe", refuse)
+    monkeypatch.setattr(_jobobject, "start_init", refuse)
     monkeypatch.setattr(_linux, "_NAMESPACE_FLAGS", {})
 
 
@@ -36,8 +36,10 @@ def _tree(job):
         "sh -c 'sleep 1000 & echo d; wait' &"
     p = job.popen(["sh", "-c", "sleep 1000 & " + daemon + " wait"], stdout=subprocess.PIPE)
     assert p.stdout.readline() == b"d\n"
-    # Settled: the daemon's intermediate sh has exited. (init,) sh, sleep, (sh,) sleep.
-    assert wait_until(lambda: len(job.pids()) == 4, 5), job.pids()
+    # Settled: the daemon's intermediate sh has exited. sh, sleep, (sh,) sleep; pgjob's own
+    # init is not a member.
+    expected = 3 if job.mechanism == "pid_namespace" else 4
+    assert wait_until(lambda: len(job.pids()) == expected, 5), job.pids()
     return p
 
 
@@ -107,7 +109,7 @@ def test_pids_contains_terminate_wait(job_factory, mechanism):
     job = job_factory(mechanism=mechanism)
     p = _tree(job)
     pids = job.pids()
-    assert p.pid in pids and len(pids) == 4
+    assert p.pid in pids and len(pids) == (3 if mechanism == "pid_namespace" else 4)
     assert all(job.contains(pid) for pid in pids)
     assert not job.contains(os.getpid())
     assert job.stats().active_processes == len(pids)
@@ -141,13 +143,62 @@ def test_kill_on_close_false_leaves_members_running(job_factory):
         assert p.wait(10) == -signal.SIGKILL
 
 
-def test_daemon_dies_with_the_program_that_started_it(job_factory):
-    """pid_namespace semantics (docs/linux.md): the namespace lives as long as its program."""
-    job = job_factory()
-    p = job.popen(["sh", "-c", "setsid sleep 1000 & sleep 0.01; echo started"], stdout=subprocess.PIPE)
-    assert p.stdout.readline() == b"started\n"
+def _daemon(job):
+    """A program that starts a setsid'd daemon and exits; the daemon's host pid."""
+    p = job.popen(["sh", "-c", "setsid sleep 1000 & echo $!"], stdout=subprocess.PIPE)
+    inner = int(p.stdout.readline())
     assert p.wait(10) == 0
+    p.stdout.close()
+    assert wait_until(lambda: len(job.pids()) == 1, 5), job.pids()
+    daemon = job.pids()[0]
+    assert _inner_pid(daemon) == inner
+    return daemon
+
+
+def _inner_pid(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int([line for line in f if line.startswith("NSpid:")][0].split()[-1])
+
+
+def test_daemon_outlives_the_program_that_started_it_until_close(job_factory, tracker):
+    """As in a Windows job: the namespace lives as long as the job, not as its first program."""
+    job = job_factory()
+    daemon = tracker.track(_daemon(job))
+    assert not job.wait(timeout=0.2)
+    assert job.contains(daemon[0]) and alive(daemon)
+    job.close()
+    assert wait_until(lambda: not alive(daemon), 5)
+
+
+def test_terminate_kills_the_daemon_and_the_job_stays_usable(job_factory, tracker):
+    job = job_factory()
+    daemon = tracker.track(_daemon(job))
+    job.terminate()
+    assert wait_until(lambda: not alive(daemon), 5)
     assert job.wait(timeout=5) and job.pids() == []
+    assert job.popen(["sh", "-c", "exit 6"]).wait(10) == 6
+
+
+def test_kill_on_close_false_daemon_outlives_close_then_the_init_goes(job_factory, tracker):
+    """close() without kill_on_close detaches: the init stays while anyone is in the
+    namespace, then exits by itself (it is our child, so it shows up as one)."""
+    job = job_factory(kill_on_close=False)
+    daemon = tracker.track(_daemon(job))
+    init_pid = job._impl._init.pid
+    init = tracker.track(init_pid)
+    job.close()
+    assert not wait_until(lambda: not alive(daemon), 0.3)
+    os.kill(daemon[0], signal.SIGKILL)
+    assert wait_until(lambda: not alive(init), 5), "the detached init did not exit"
+
+
+def test_events_new_exit_and_zero_waits_for_the_daemon(job_factory, tracker):
+    job = job_factory()
+    daemon = tracker.track(_daemon(job))
+    kinds = [e.kind for e in job.events(timeout=0.3)]
+    assert kinds == [pgjob.EventKind.NEW_PROCESS, pgjob.EventKind.EXIT_PROCESS]
+    os.kill(daemon[0], signal.SIGKILL)
+    assert [e.kind for e in job.events(timeout=5)][:1] == [pgjob.EventKind.ACTIVE_PROCESS_ZERO]
 
 
 def test_events_new_exit_and_zero(job_factory):

@@ -18,6 +18,8 @@ SCENARIOS = ["sleeping", "busy", "stopped", "tree", "daemon", "mixed", "thread"]
 def test_owner_sigkilled_pid_namespace_kills_every_member(owner_factory, scenario):
     owner = owner_factory(scenario, "pid_namespace")
     assert owner.info["mechanism"] == "pid_namespace"
+    if scenario == "stopped":
+        assert len(owner.info["stopped_init"]) == 1
     assert owner.members and all(alive(m) for m in owner.members)
     owner.sigkill()
     assert owner.members_gone(timeout=5), [m for m in owner.members if alive(m)]
