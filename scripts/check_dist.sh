@@ -46,9 +46,13 @@ done
 echo "check_dist: fresh venv from the wheel"
 "$PYTHON" -m venv "$work/venv-wheel"
 vw="$work/venv-wheel/bin/python"
-"$vw" -m pip install -q --disable-pip-version-check "$wheel" pytest mypy
+requirements=(pytest mypy)
+[ -f "$work/src/requirements-test.txt" ] && requirements+=(-r "$work/src/requirements-test.txt")
+"$vw" -m pip install -q --disable-pip-version-check "$wheel" "${requirements[@]}"
 # Tests from a copy outside the source tree: `import pgjob` must find the installed wheel.
-mkdir -p "$work/run" && cp -r "$work/src/tests" "$work/src/examples" "$work/src/pyproject.toml" "$work/run/"
+# (scripts/ too: some tests load helper scripts from there.)
+mkdir -p "$work/run" && cp -r "$work/src/tests" "$work/src/examples" "$work/src/scripts" \
+    "$work/src/pyproject.toml" "$work/run/"
 # tests/linux hands owner processes run by other interpreters/users PYTHONPATH=<tests>/../src:
 # give them the wheel's installed package there, so they too run what the wheel installed.
 mkdir -p "$work/run/src"

@@ -1,5 +1,6 @@
-"""Process helpers for the CLI tests: start `pgjob run`, read readiness lines with a deadline,
-find every process of a test by its token, and make sure all of them are gone at the end."""
+"""Process helpers and the reaper fixture for the CLI tests: start `pgjob run`, read readiness
+lines with a deadline, find every process of a test by its token, and make sure all of them
+are gone at the end."""
 import json
 import os
 import queue
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+
+import pytest
 
 import pgjob
 
@@ -236,3 +239,15 @@ class Reaper:
         assert not gone_late, f"processes survived the cleanup: {gone_late}"
         assert not self.survivors(), f"processes left behind: {self.survivors()}"
         return leftovers
+
+
+@pytest.fixture
+def reaper():
+    """The Reaper of one test (imported by the test module; no conftest.py here, because a
+    second top-level `conftest` module would shadow tests/windows' and tests/linux' own when
+    several suites are collected in one run)."""
+    reaper = Reaper()
+    try:
+        yield reaper
+    finally:
+        reaper.finish()

@@ -17,7 +17,7 @@ if sys.platform != "win32":
 
 import pgjob
 from cli_procs import (GONE_WITHIN, IS_WINDOWS, actor, alive, kill, pgjob_env, pgjob_run,
-                       token_pids, wait_gone)
+                       reaper, token_pids, wait_gone)  # noqa: F401 (reaper is a fixture)
 
 def _platform_mechanism():
     job = pgjob.Job()

@@ -1,5 +1,6 @@
-"""A throwaway PostgreSQL cluster for the crash test: find Debian's binaries, initdb as an
-unprivileged user, start/stop/query it, and find every process that belongs to it.
+"""A throwaway PostgreSQL cluster for the crash test, and its pytest fixtures: find Debian's
+binaries, initdb as an unprivileged user, start/stop/query it, and find every process that
+belongs to it.
 
 A cluster's processes are recognised by their working directory: the postmaster chdir()s to
 its data directory and every backend and auxiliary process inherits that, whatever pid
@@ -13,7 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+
+import pytest
 
 #: PostgreSQL refuses to run as root: when the tests run as root, the server runs as this user.
 SERVER_USER = os.environ.get("PGJOB_PG_USER", "pgjobtest")
@@ -234,3 +238,46 @@ def python_for_server_user(cluster):
             return python, probe.stdout.strip()
     return None, (f"no Python that {cluster.user} can run imports pgjob from {package_root} "
                   f"(last try: {probe.stderr.strip()[-200:]})")
+
+
+# -- fixtures (imported by the test module; no conftest.py here: a second top-level `conftest`
+# module would shadow tests/linux' own when several suites are collected in one run) --------
+
+
+@pytest.fixture(scope="session")
+def pg_bindir():
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql; "
+                    "see scripts/postgres_crash_test_setup.sh)")
+    ensure_server_user()
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_bindir):
+    """One initdb per session; each test copies it (initdb takes seconds, a copy doesn't)."""
+    root = tempfile.mkdtemp(prefix="pgjob-pg-template-", dir="/tmp")
+    os.chmod(root, 0o755)  # the server user must reach its data directory below
+    template = Cluster(pg_bindir, root)
+    template.initdb()
+    yield template
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(pg_template):
+    root = tempfile.mkdtemp(prefix="pgjob-pg-", dir="/tmp")
+    os.chmod(root, 0o755)
+    os.rmdir(root)
+    # cp -a keeps the owner (the server user) and the 0700 mode PostgreSQL insists on.
+    subprocess.run(["cp", "-a", pg_template.root, root], check=True)
+    cluster = Cluster(pg_template.bindir, root)
+    try:
+        yield cluster
+    finally:
+        if cluster.pids():
+            cluster.pg_ctl("-m", "immediate", "-w", "stop")
+        survivors = cluster.kill_everything()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not survivors, f"cluster processes survived the cleanup: {survivors}"
