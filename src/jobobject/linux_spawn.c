@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -19,7 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Stack for each CLONE_VM|CLONE_VFORK child: it only sets up fds and calls execve. */
+/* Stack of each CLONE_VM|CLONE_VFORK child: it only sets up fds and calls execve. */
 #define CHILD_STACK_SIZE (256 * 1024)
 
 /* Everything the children need, prepared with the GIL held; they only read it. */
@@ -272,20 +273,65 @@ program_main(void *arg)
     return 255; /* not reached */
 }
 
-static pid_t
-clone_vfork(const struct spawn_config *c, int *pidfd)
+/* Stacks for the children, one region per spawning thread, kept for its next spawns:
+ * mapping them afresh each time costs page faults, and unmapping them, once a child has run
+ * on another CPU, a TLB shootdown; together a measurable part of a vfork-class spawn. The
+ * region is unmapped when its thread exits. Two stacks: the namespace helper and the program. */
+#define STACKS_SIZE (2 * CHILD_STACK_SIZE)
+
+static pthread_key_t stacks_key;
+static pthread_once_t stacks_once = PTHREAD_ONCE_INIT;
+static int stacks_key_ok;
+
+static void
+unmap_stacks(void *stacks)
 {
-    void *stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED)
+    munmap(stacks, STACKS_SIZE);
+}
+
+static void
+create_stacks_key(void)
+{
+    stacks_key_ok = pthread_key_create(&stacks_key, unmap_stacks) == 0;
+}
+
+/* This thread's stacks, or NULL with errno set. */
+static char *
+thread_stacks(void)
+{
+    char *stacks;
+
+    pthread_once(&stacks_once, create_stacks_key);
+    if (!stacks_key_ok) {
+        errno = EAGAIN;
+        return NULL;
+    }
+    stacks = pthread_getspecific(stacks_key);
+    if (stacks != NULL)
+        return stacks;
+    stacks = mmap(NULL, STACKS_SIZE, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stacks == MAP_FAILED)
+        return NULL;
+    if ((errno = pthread_setspecific(stacks_key, stacks)) != 0) {
+        munmap(stacks, STACKS_SIZE);
+        return NULL;
+    }
+    return stacks;
+}
+
+static pid_t
+clone_vfork(const struct spawn_config *c, int *pidfd, const char **failed)
+{
+    char *stacks = thread_stacks();
+    if (stacks == NULL) {
+        *failed = "mmap";
         return -1;
+    }
+    *failed = "clone(CLONE_VM|CLONE_VFORK)";
     int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (pidfd != NULL ? CLONE_PIDFD : 0);
     /* The stack grows down on every architecture Linux/Python supports except hppa. */
-    pid_t pid = clone(program_main, (char *)stack + CHILD_STACK_SIZE, flags, (void *)c, pidfd);
-    int saved = errno;
-    munmap(stack, CHILD_STACK_SIZE);
-    errno = saved;
-    return pid;
+    return clone(program_main, stacks + CHILD_STACK_SIZE, flags, (void *)c, pidfd);
 }
 
 /* The helper: a CLONE_VM|CLONE_VFORK|CLONE_FILES child of the owner that exists only to enter
@@ -334,9 +380,8 @@ fail:
 static pid_t
 spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
 {
-    char *stacks = mmap(NULL, 2 * CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stacks == MAP_FAILED) {
+    char *stacks = thread_stacks();
+    if (stacks == NULL) {
         *failed = "mmap";
         return -1;
     }
@@ -347,20 +392,15 @@ spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
     c->helper_failed = NULL;
     pid_t helper = clone(enter_and_spawn, stacks + CHILD_STACK_SIZE,
                          CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, (void *)c);
-    int saved = errno;
-    if (helper > 0) {
-        /* The helper has exited (or is about to: CLONE_VFORK releases us in its exit path);
-         * it is our child, and nobody else knows its pid. ECHILD: someone's waitpid(-1)
-         * reaped it first, which is harmless. */
-        while (waitpid(helper, NULL, __WALL) < 0 && errno == EINTR)
-            ;
-    }
-    munmap(stacks, 2 * CHILD_STACK_SIZE);
     if (helper < 0) {
         *failed = "clone(CLONE_VM|CLONE_VFORK|CLONE_FILES)";
-        errno = saved;
         return -1;
     }
+    /* The helper has exited (or is about to: CLONE_VFORK releases us in its exit path);
+     * it is our child, and nobody else knows its pid. ECHILD: someone's waitpid(-1) reaped
+     * it first, which is harmless. */
+    while (waitpid(helper, NULL, __WALL) < 0 && errno == EINTR)
+        ;
     if (c->helper_failed != NULL) {
         *failed = c->helper_failed;
         errno = c->helper_errno;
@@ -521,8 +561,7 @@ linux_spawn(PyObject *self, PyObject *args)
     if (c.pidns_fd >= 0) {
         pid = spawn_in_namespace(&c, &pidfd, &failed);
     } else {
-        pid = clone_vfork(&c, &pidfd);
-        failed = "clone(CLONE_VM|CLONE_VFORK)";
+        pid = clone_vfork(&c, &pidfd, &failed);
     }
     saved_errno = errno;
     Py_END_ALLOW_THREADS

@@ -220,12 +220,11 @@ _SPAWN_THREAD = _SpawnThread()
 class _Member:
     """A process job.popen() started (the program itself, in both mechanisms)."""
 
-    __slots__ = ("pid", "pidfd", "exited")
+    __slots__ = ("pid", "pidfd")
 
     def __init__(self, pid: int, pidfd: int) -> None:
         self.pid = pid
         self.pidfd = pidfd
-        self.exited = False
 
 
 class _LinuxJob(JobBackend):
@@ -237,7 +236,7 @@ class _LinuxJob(JobBackend):
     def __init__(self, options: JobOptions) -> None:
         self.options = options
         self._lock = threading.Lock()
-        self._members: list = []
+        self._members: list = []  # running (or not yet noted as exited)
         self._events: collections.deque = collections.deque()
         self._started = 0
         self._zero_pending = False  # a member started since the last ACTIVE_PROCESS_ZERO
@@ -256,6 +255,7 @@ class _LinuxJob(JobBackend):
     # membership
     def execute_child(self, popen, execute_child, args) -> None:
         def fork_exec(*fork_exec_args):
+            self._note_exits()
             pid, pidfd = self._spawn_member(fork_exec_args)
             with self._lock:
                 if self._closed:  # close() raced with this spawn: don't leave it running
@@ -286,24 +286,36 @@ class _LinuxJob(JobBackend):
             errno.EOPNOTSUPP, f"mechanism {self.mechanism!r} can't cover children this process "
             "creates by other means (subprocess, os.system): that needs a PID namespace")
 
-    def _poll_exits(self) -> list:
-        """Mark members whose pidfd turned readable (the process exited); return the live ones.
-        Queues ACTIVE_PROCESS_ZERO once nobody is left, the members' descendants included."""
+    def _note_exits(self) -> list:
+        """Mark members whose pidfd turned readable (the process exited), queue their
+        EXIT_PROCESS and close their pidfd (a long-lived job must not hold one descriptor per
+        process it ever started); return the live ones."""
+        # Under the lock throughout: another thread must not poll a pidfd we close.
         with self._lock:
-            members = [m for m in self._members if not m.exited]
-        live = []
-        if members:
+            if not self._members:
+                return []
             poller = select.poll()
-            for m in members:
+            for m in self._members:
                 poller.register(m.pidfd, select.POLLIN)
             ready = {fd for fd, _ in poller.poll(0)}
-            with self._lock:
-                for m in members:
-                    if m.pidfd not in ready:
-                        live.append(m)
-                    elif not m.exited:
-                        m.exited = True
-                        self._events.append(JobEvent(EventKind.EXIT_PROCESS, m.pid))
+            live = []
+            for m in self._members:
+                if m.pidfd not in ready:
+                    live.append(m)
+                    continue
+                self._member_exited(m.pid)
+                self._events.append(JobEvent(EventKind.EXIT_PROCESS, m.pid))
+                os.close(m.pidfd)
+            self._members = live
+            return list(live)
+
+    def _member_exited(self, pid: int) -> None:
+        """Hook, called with the lock held."""
+
+    def _poll_exits(self) -> list:
+        """_note_exits(), and queue ACTIVE_PROCESS_ZERO once nobody is left, the members'
+        descendants included."""
+        live = self._note_exits()
         if not live and self._zero_pending and not self._others_alive():
             with self._lock:
                 if self._zero_pending:
@@ -365,7 +377,7 @@ class _LinuxJob(JobBackend):
 
     def _kill_members(self) -> None:
         with self._lock:
-            members = [m for m in self._members if not m.exited]
+            members = list(self._members)
         for m in members:
             try:
                 signal.pidfd_send_signal(m.pidfd, signal.SIGKILL)
@@ -624,6 +636,13 @@ class PdeathsigJob(_LinuxJob):
             return _spawn(fork_exec_args, -1, -1, False)
         return _SPAWN_THREAD.call(_spawn, fork_exec_args, -1, -1, True)
 
+    def __init__(self, options: JobOptions) -> None:
+        super().__init__(options)
+        self._exited: list = []  # members noted as exited, while they may be zombies
+
+    def _member_exited(self, pid: int) -> None:
+        self._exited.append(pid)
+
     def _roots(self) -> list:
         return [m.pid for m in self._poll_exits()]
 
@@ -639,14 +658,16 @@ class PdeathsigJob(_LinuxJob):
         can't have been reused). Once Popen reaps one, its children are reparented away and
         out of our sight: the documented limit of this mechanism."""
         with self._lock:
-            exited = [m.pid for m in self._members if m.exited]
+            exited = list(self._exited)
         zombies = [pid for pid in exited if (_stat_fields(pid) or [b""])[0] == b"Z"]
+        with self._lock:  # reaped ones are out of sight for good: forget them
+            self._exited = [pid for pid in self._exited if pid in zombies]
         return bool(zombies) and len(_descendants(zombies)) > len(zombies)
 
     def terminate(self, exit_code: int) -> None:
         # Stop the whole tree first, so nobody forks or reparents while we kill it.
         with self._lock:
-            roots = [m.pid for m in self._members if not m.exited]
+            roots = [m.pid for m in self._members]
         tree = _descendants(roots) if roots else []
         for pid in tree:
             _signal_quietly(pid, signal.SIGSTOP)
