@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import pgjob  # noqa: E402
-from stress_support import LINUX, WINDOWS, report, sized  # noqa: E402
+from stress_support import LINUX, STRESS, WINDOWS, report, sized  # noqa: E402
 
-pytestmark = pytest.mark.stress
+pytestmark = STRESS
 
 VALIDATION = (pgjob.JobError, TypeError, ValueError)
 HANG_LIMIT = 120  # seconds one example may take before the watchdog dumps stacks and exits

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 import pgjob
-from stress_support import LINUX, WINDOWS, report, sized
+from stress_support import LINUX, STRESS, WINDOWS, report, sized
 
-pytestmark = pytest.mark.stress
+pytestmark = STRESS
 
 TRUE = ["hostname"] if WINDOWS else ["/bin/true"]
 CYCLES = sized(300, 10_000)

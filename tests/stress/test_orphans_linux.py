@@ -15,9 +15,9 @@ import tempfile
 
 import pytest
 
-from stress_support import LINUX, report, sized, wait_until
+from stress_support import LINUX, STRESS, report, sized, wait_until
 
-pytestmark = [pytest.mark.stress, pytest.mark.linux,
+pytestmark = [*STRESS, pytest.mark.linux,
               pytest.mark.skipif(not LINUX, reason="Linux backend")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

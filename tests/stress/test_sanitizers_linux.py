@@ -15,9 +15,9 @@ import sys
 
 import pytest
 
-from stress_support import LINUX, report, sized
+from stress_support import LINUX, STRESS, report, sized
 
-pytestmark = [pytest.mark.stress, pytest.mark.linux,
+pytestmark = [*STRESS, pytest.mark.linux,
               pytest.mark.skipif(not LINUX, reason="Linux extension")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

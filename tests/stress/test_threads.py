@@ -9,9 +9,9 @@ import threading
 import pytest
 
 import pgjob
-from stress_support import LINUX, WINDOWS, report, sized
+from stress_support import LINUX, STRESS, WINDOWS, report, sized
 
-pytestmark = pytest.mark.stress
+pytestmark = STRESS
 
 SLEEPER = ["ping", "-n", "1000000", "127.0.0.1"] if WINDOWS else ["sleep", "1000"]
 THREADS = 8
