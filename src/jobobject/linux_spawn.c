@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -49,8 +50,9 @@ struct spawn_config {
     int userns_fd;              /* -1: no user namespace to enter */
     char *program_stack;        /* top of the program's stack (the helper has its own) */
     /* written by the helper, read by the owner once the helper has exited */
-    pid_t program_pid;
+    pid_t program_pid;          /* as the helper sees it: see helper_elsewhere */
     int program_pidfd;
+    int helper_elsewhere;       /* the helper was not in our PID namespace */
     int helper_errno;
     const char *helper_failed;  /* the syscall that failed, NULL if none */
 };
@@ -370,10 +372,38 @@ enter_and_spawn(void *arg)
         c->helper_failed = "clone(CLONE_PARENT)";
         goto fail;
     }
+    /* Our parent is invisible from here (pid 0) when this thread of the owner creates its
+     * children in another namespace (after protect_children()'s unshare): then so was the
+     * helper, and program_pid is a pid of that namespace, not the owner's. */
+    c->helper_elsewhere = getppid() == 0;
     _exit(0);
 fail:
     c->helper_errno = errno;
     _exit(1);
+}
+
+/* The pid a pidfd refers to, in the PID namespace of /proc (the owner's), from its fdinfo. */
+static pid_t
+pidfd_pid(int pidfd)
+{
+    char path[64], buf[1024];
+    const char *line;
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", pidfd);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return -1;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    if ((line = strstr(buf, "\nPid:")) == NULL) {
+        errno = ENOSYS; /* kernels before 5.4 don't show it */
+        return -1;
+    }
+    return (pid_t)strtol(line + 5, NULL, 10);
 }
 
 /* Run the helper and reap it; the program's pid (or -1 with errno and *failed set). */
@@ -407,6 +437,15 @@ spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
         return -1;
     }
     *pidfd = c->program_pidfd;
+    if (c->helper_elsewhere) {
+        pid_t pid = pidfd_pid(c->program_pidfd);
+        if (pid < 0) {
+            *failed = "read /proc/self/fdinfo";
+            close(c->program_pidfd);
+            return -1;
+        }
+        return pid;
+    }
     return c->program_pid;
 }
 

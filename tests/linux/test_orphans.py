@@ -161,3 +161,24 @@ def test_protect_children_without_namespaces_logs_mechanism_none(owner_factory):
     for pid, _ in owner.members:  # unprotected: they survive; the fixture must not complain
         kill_quietly(pid)
     assert owner.members_gone(timeout=5)
+
+
+def test_job_popen_after_protect_children_shares_its_namespace(tmp_path):
+    """protect_children()'s Job starts processes in the namespace plain children get."""
+    import subprocess
+    import sys
+    from conftest import SRC
+    script = (
+        "import os, subprocess, pgjob\n"
+        "job = pgjob.protect_children(on_unavailable='raise')\n"
+        "plain = subprocess.Popen(['sleep', '1000'])\n"
+        "member = job.popen(['sleep', '1000'])\n"
+        "ns = lambda pid: os.stat(f'/proc/{pid}/ns/pid').st_ino\n"
+        "print(job.mechanism, ns(plain.pid) == ns(member.pid) != ns(os.getpid()),"
+        " job.contains(member) and job.contains(plain.pid))\n"
+        "plain.kill(); member.kill(); plain.wait(); member.wait()\n")
+    env = dict(os.environ, PYTHONPATH=SRC)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["pid_namespace", "True", "True"]
