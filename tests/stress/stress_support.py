@@ -31,7 +31,7 @@ def report(name, **counts):
     """One line scripts/stress collects: STRESS <name> key=value ..."""
     line = "STRESS %s %s" % (name, " ".join(f"{k}={v}" for k, v in counts.items()))
     print(line, flush=True)
-    path = os.environ.get("PGJOB_STRESS_REPORT")
+    path = os.environ.get("PGJOB_STRESS_REPORT")  # empty: don't write
     if path:
         with open(path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
