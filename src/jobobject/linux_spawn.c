@@ -1,7 +1,7 @@
 /* linux_spawn.c: start a Popen child on Linux, set up in C between clone and exec (no preexec_fn).
  * Two shapes, both vfork-class and both a direct child of the owner: the program inside a job's
- * PID namespace (entered by a short-lived CLONE_VM helper, see enter_and_spawn), or the program
- * with PR_SET_PDEATHSIG (the weaker fallback). */
+ * PID namespace (entered by the calling thread, or without CAP_SYS_ADMIN by a short-lived
+ * CLONE_VM helper process), or the program with PR_SET_PDEATHSIG (the weaker fallback). */
 #include "jobobject.h"
 
 #include <fcntl.h>
@@ -382,6 +382,48 @@ fail:
     _exit(1);
 }
 
+/* With CAP_SYS_ADMIN in our own user namespace (root, or after protect_children()'s
+ * unshare), no helper is needed: this thread points its children at the job's namespace,
+ * clones the program as a direct child, and points them back where they were, which the
+ * kernel always allows. Nothing else runs on this thread meanwhile (the GIL is released,
+ * every signal blocked), so no other child can land in the job's namespace by mistake. */
+static pid_t
+spawn_in_namespace_here(struct spawn_config *c, int *pidfd, const char **failed)
+{
+    pid_t pid;
+    int saved, back = open("/proc/thread-self/ns/pid_for_children", O_RDONLY | O_CLOEXEC);
+
+    if (back < 0) {
+        *failed = "open /proc/thread-self/ns/pid_for_children";
+        return -1;
+    }
+    if (setns(c->pidns_fd, CLONE_NEWPID) < 0) {
+        *failed = "setns(CLONE_NEWPID)";
+        saved = errno;
+        close(back);
+        errno = saved;
+        return -1;
+    }
+    pid = clone_vfork(c, pidfd, failed);
+    saved = errno;
+    if (setns(back, CLONE_NEWPID) < 0) {
+        /* Not expected: it is where we were. But this thread's later children must not go
+         * to the job unasked: undo the spawn and say so. */
+        saved = errno;
+        *failed = "setns(CLONE_NEWPID) back";
+        if (pid > 0) {
+            kill(pid, SIGKILL);
+            while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+                ;
+            close(*pidfd);
+        }
+        pid = -1;
+    }
+    close(back);
+    errno = saved;
+    return pid;
+}
+
 /* The pid a pidfd refers to, in the PID namespace of /proc (the owner's), from its fdinfo. */
 static pid_t
 pidfd_pid(int pidfd)
@@ -597,7 +639,9 @@ linux_spawn(PyObject *self, PyObject *args)
     /* Block everything: no handler may run in a child before it resets them. */
     pthread_sigmask(SIG_BLOCK, &all, &c.old_mask);
     Py_BEGIN_ALLOW_THREADS
-    if (c.pidns_fd >= 0) {
+    if (c.pidns_fd >= 0 && c.userns_fd < 0) {
+        pid = spawn_in_namespace_here(&c, &pidfd, &failed);
+    } else if (c.pidns_fd >= 0) {
         pid = spawn_in_namespace(&c, &pidfd, &failed);
     } else {
         pid = clone_vfork(&c, &pidfd, &failed);
@@ -609,8 +653,9 @@ linux_spawn(PyObject *self, PyObject *args)
         goto done;
     failed = NULL;
     PGJOB_TRACE("%s -> pid %d, pidfd %d",
-                c.pidns_fd >= 0 ? "setns(pid namespace) + clone(CLONE_VM|CLONE_VFORK|CLONE_PARENT)"
-                                : "clone(CLONE_VM|CLONE_VFORK)",
+                c.pidns_fd < 0 ? "clone(CLONE_VM|CLONE_VFORK)"
+                : c.userns_fd < 0 ? "setns(pid namespace) + clone(CLONE_VM|CLONE_VFORK) + setns(back)"
+                : "helper: setns(user, pid namespace) + clone(CLONE_VM|CLONE_VFORK|CLONE_PARENT)",
                 (int)pid, pidfd);
     result = Py_BuildValue("(ii)", (int)pid, pidfd);
     if (result == NULL)

@@ -165,6 +165,9 @@ def main():
                     pass  # a transient process (touch) that has just exited
         if scenario == "crash":
             report["crash_returncode"] = popens[1].wait(20)
+        if job.mechanism == "pid_namespace":
+            # pgjob's own init: PID 1 of the namespace, no member but one of our children.
+            report["init"] = [pid for pid in descendants(os.getpid()) if inner_pid(pid) == 1]
         report["popen_pids"] = [p.pid for p in popens]
         report["pids"] = sorted(set(job.pids()) | set(descendants(os.getpid())))
         report["direct"] = [p.pid for p in popens]

@@ -259,3 +259,15 @@ def test_returncode_when_never_waited_then_garbage_collected(job):
     del p
     assert wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
                       open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z", 5)
+
+
+def test_plain_children_of_the_spawning_thread_stay_outside_the_job(job):
+    """Entering the job's namespace for a spawn must not leak into this thread's later
+    children (pid_namespace as root: the thread points its children back afterwards)."""
+    assert job.popen(["true"]).wait(10) == 0
+    plain = subprocess.Popen(["grep", "NSpid:", "/proc/self/status"], stdout=subprocess.PIPE)
+    nspid = plain.communicate(timeout=10)[0].split()[1:]
+    with open("/proc/self/status", "rb") as f:
+        own_depth = len([line for line in f if line.startswith(b"NSpid:")][0].split()) - 1
+    assert len(nspid) == own_depth
+    assert not job.contains(os.getpid())
