@@ -561,6 +561,63 @@ int_array(PyObject *seq, const char *what, int **out, Py_ssize_t *n_out)
     return 0;
 }
 
+/* A uid or gid from Python: -1 means "leave alone"; 0..2**32-1 as CPython's fork_exec takes
+ * them; anything else is an OverflowError, never a silent truncation (2**40 would be uid 0). */
+static int
+id_from_long_long(long long value, const char *what, unsigned int *out)
+{
+    if (value == -1) {
+        *out = (unsigned int)-1;
+        return 0;
+    }
+    if (value < 0 || value > (long long)UINT32_MAX) {
+        PyErr_Format(PyExc_OverflowError, "%s is %s than %s", what,
+                     value < 0 ? "less" : "greater", value < 0 ? "minimum" : "maximum");
+        return -1;
+    }
+    *out = (unsigned int)value;
+    return 0;
+}
+
+/* extra_groups as gid_t, with subprocess's ValueError for a value no gid_t can hold. */
+static gid_t *
+gid_array(PyObject *seq, Py_ssize_t *n_out)
+{
+    PyObject *fast = PySequence_Fast(seq, "extra_groups");
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    gid_t *array = PyMem_Calloc((size_t)n + 1, sizeof(gid_t));
+    if (array == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (v == -1 && PyErr_Occurred()) {
+            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                PyErr_Clear();
+                v = -2; /* reported as invalid below */
+            } else {
+                goto fail;
+            }
+        }
+        if (v < 0 || v > (long long)UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "invalid group id");
+            goto fail;
+        }
+        array[i] = (gid_t)v;
+    }
+    Py_DECREF(fast);
+    *n_out = n;
+    return array;
+fail:
+    PyMem_Free(array);
+    Py_DECREF(fast);
+    return NULL;
+}
+
 /* spawn(argv, executables, env, cwd, close_fds, fds_to_keep,
  *       p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,
  *       restore_signals, start_new_session, process_group, gid, extra_groups, uid, umask,
@@ -577,9 +634,11 @@ linux_spawn(PyObject *self, PyObject *args)
     PyObject *argv_obj, *exec_obj, *env_obj, *cwd_obj, *keep_obj, *groups_obj;
     PyObject *argv_keep = NULL, *exec_keep = NULL, *env_keep = NULL;
     struct spawn_config c;
-    long process_group, gid, uid;
+    long process_group;
+    long long gid, uid;
+    unsigned int id;
     int pdeathsig, umask_value;
-    int *keep = NULL, *groups_int = NULL;
+    int *keep = NULL;
     gid_t *groups = NULL;
     Py_ssize_t n_groups = -1;
     int pidfd = -1, saved_errno = 0;
@@ -589,7 +648,7 @@ linux_spawn(PyObject *self, PyObject *args)
 
     (void)self;
     memset(&c, 0, sizeof(c));
-    if (!PyArg_ParseTuple(args, "OOOOpOiiiiiiiippllOliiipp:spawn",
+    if (!PyArg_ParseTuple(args, "OOOOpOiiiiiiiipplLOLiiipp:spawn",
                           &argv_obj, &exec_obj, &env_obj, &cwd_obj, &c.close_fds, &keep_obj,
                           &c.p2cread, &c.p2cwrite, &c.c2pread, &c.c2pwrite, &c.errread,
                           &c.errwrite, &c.errpipe_read, &c.errpipe_write, &c.restore_signals,
@@ -598,8 +657,12 @@ linux_spawn(PyObject *self, PyObject *args)
                           &c.chdir_marker))
         return NULL;
     c.process_group = (pid_t)process_group;
-    c.gid = (gid_t)gid;
-    c.uid = (uid_t)uid;
+    if (id_from_long_long(gid, "gid", &id) < 0)
+        return NULL;
+    c.gid = (gid_t)id;
+    if (id_from_long_long(uid, "uid", &id) < 0)
+        return NULL;
+    c.uid = (uid_t)id;
     c.child_umask = umask_value;
 
     if ((c.argv = bytes_array(argv_obj, "argv", &argv_keep)) == NULL)
@@ -618,17 +681,8 @@ linux_spawn(PyObject *self, PyObject *args)
     if (int_array(keep_obj, "fds_to_keep", &keep, &c.n_fds_to_keep) < 0)
         goto done;
     c.fds_to_keep = keep;
-    if (groups_obj != Py_None) {
-        if (int_array(groups_obj, "extra_groups", &groups_int, &n_groups) < 0)
-            goto done;
-        groups = PyMem_Calloc((size_t)n_groups + 1, sizeof(gid_t));
-        if (groups == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        for (Py_ssize_t i = 0; i < n_groups; i++)
-            groups[i] = (gid_t)groups_int[i];
-    }
+    if (groups_obj != Py_None && (groups = gid_array(groups_obj, &n_groups)) == NULL)
+        goto done;
     c.extra_groups = groups;
     c.n_extra_groups = n_groups;
     if (pdeathsig && c.pidns_fd < 0)
@@ -666,7 +720,6 @@ done:
     PyMem_Free((void *)c.exec_array);
     PyMem_Free((void *)c.envp);
     PyMem_Free(keep);
-    PyMem_Free(groups_int);
     PyMem_Free(groups);
     Py_XDECREF(argv_keep);
     Py_XDECREF(exec_keep);

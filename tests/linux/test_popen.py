@@ -271,3 +271,17 @@ def test_plain_children_of_the_spawning_thread_stay_outside_the_job(job):
         own_depth = len([line for line in f if line.startswith(b"NSpid:")][0].split()) - 1
     assert len(nspid) == own_depth
     assert not job.contains(os.getpid())
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    ({"user": 2**40}, OverflowError),
+    ({"group": 2**40}, OverflowError),
+    ({"extra_groups": [2**40]}, ValueError),
+])
+def test_ids_out_of_range_are_refused_not_truncated(job, kwargs, exc):
+    """2**40 truncated to uid_t is 0: the child would run as root. subprocess refuses it."""
+    with pytest.raises(exc):
+        subprocess.Popen(["true"], **kwargs)
+    with pytest.raises(exc):
+        job.popen(["true"], **kwargs)
+    assert not job.pids()
