@@ -69,7 +69,13 @@ def reap(tracked):
             pass  # not (or no longer) our child
 
 
-def one_round(mechanism, scenario, subreaper):
+def one_round(mechanism, scenario):
+    """(members, survivors, members-gone ms or None, mechanism): what tests/stress uses."""
+    return one_round_detailed(mechanism, scenario, False)[:4]
+
+
+def one_round_detailed(mechanism, scenario, subreaper):
+    """one_round(), plus how many of pgjob's inits were left after 5 s and when they went."""
     ready_dir = tempfile.mkdtemp(prefix="pgjob-stress-")
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
     proc = subprocess.Popen([sys.executable, OWNER, mechanism, scenario, ready_dir],
@@ -131,8 +137,8 @@ def main():
     inits_left = 0
     mechanisms = set()
     for i in range(args.repetitions):
-        n, left, ms, mechanism, init_left, init_ms = one_round(args.mechanism, args.scenario,
-                                                               args.subreaper)
+        n, left, ms, mechanism, init_left, init_ms = one_round_detailed(
+            args.mechanism, args.scenario, args.subreaper)
         mechanisms.add(mechanism)
         members += n
         survivors += left
