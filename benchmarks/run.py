@@ -502,8 +502,8 @@ def markdown(result):
     if "teardown" in result:
         t = result["teardown"]
         out += ["## 2. Teardown: owner killed, until every member has exited", "",
-                f"Reference: {t['reference']}. `processes` counts every process that had to die "
-                "(pgjob: its namespace init too).", "",
+                f"Reference: {t['reference']}. `processes`: every process of the tree that had to die "
+                "(pgjob: what job.pids() listed; raw: the namespace or job).", "",
                 "| N | side | processes | median ms | min ms | max ms | ratio to raw | survivors |",
                 "|---:|---|---:|---:|---:|---:|---:|---:|"]
         out += [f"| {r['n']} | {r['side']} | {r['processes']} | {r['median_ms']:.2f} | "
