@@ -414,6 +414,7 @@ class _LinuxJob(JobBackend):
                 pass
 
 
+_KILLED_INIT_WAIT_MS = 20  # how long close() waits for a killed init before reaping it later
 _UNREAPED_INITS: list = []  # pidfds of inits we no longer use that had not exited yet
 _UNREAPED_LOCK = threading.Lock()
 
@@ -502,12 +503,19 @@ class _Init:
         except OSError:
             pass  # the init is gone: nothing left to detach from
 
-    def release(self) -> None:
+    def release(self, killed: bool = False) -> None:
         for fd in (self.control, self.pidns_fd, self.userns_fd):
             if fd >= 0:
                 os.close(fd)
         self.control = self.pidns_fd = self.userns_fd = -1
         if self.pidfd >= 0:
+            if killed:
+                # Usually gone within a millisecond: reap it now rather than leave it (and
+                # its pidfd) for later. It takes longer only while members' zombies wait for
+                # their parent, and then _reap_inits() comes back to it.
+                poller = select.poll()
+                poller.register(self.pidfd, select.POLLIN)
+                poller.poll(_KILLED_INIT_WAIT_MS)
             _reap_inits(self.pidfd)
             self.pidfd = -1
 
@@ -560,7 +568,7 @@ class NamespaceJob(_LinuxJob):
                 init.kill()
             else:
                 init.detach()
-        self._release()
+        self._release(killed=self.options.kill_on_close)
 
     def detach(self) -> Optional[int]:
         with self._lock:
@@ -603,7 +611,7 @@ class NamespaceJob(_LinuxJob):
         if self._started == 0:
             self._inits.remove(own)
             own.kill()
-            own.release()
+            own.release(killed=True)
         if threads > 1:
             logger.warning(
                 "protect_children(): %d other threads already existed; children they create "
@@ -616,10 +624,10 @@ class NamespaceJob(_LinuxJob):
         # trap on Windows, Job.close() then keeps the protection for the process lifetime.
         return self._reaper is not None
 
-    def _release(self) -> None:
+    def _release(self, killed: bool = False) -> None:
         super()._release()
         for init in self._inits:
-            init.release()
+            init.release(killed)
 
 
 class PdeathsigJob(_LinuxJob):
@@ -760,7 +768,7 @@ def namespace_flags() -> tuple:
         return found
     init, flags, map_ids = _start_job_init(JobOptions())
     init.kill()
-    init.release()
+    init.release(killed=True)
     return flags, map_ids
 
 
