@@ -5,7 +5,6 @@
 #include "jobobject.h"
 
 #include <fcntl.h>
-#include <grp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -20,6 +19,17 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+/* 32-bit ABIs keep 16-bit ids in the plain calls and have *32 variants; 64-bit ones don't. */
+#ifdef SYS_setreuid32
+#  define PGJOB_SYS_SETGROUPS SYS_setgroups32
+#  define PGJOB_SYS_SETREGID SYS_setregid32
+#  define PGJOB_SYS_SETREUID SYS_setreuid32
+#else
+#  define PGJOB_SYS_SETGROUPS SYS_setgroups
+#  define PGJOB_SYS_SETREGID SYS_setregid
+#  define PGJOB_SYS_SETREUID SYS_setreuid
+#endif
 
 /* Stack of each CLONE_VM|CLONE_VFORK child: it only sets up fds and calls execve. */
 #define CHILD_STACK_SIZE (256 * 1024)
@@ -230,11 +240,16 @@ program_exec(const struct spawn_config *c)
         goto error;
     if (c->process_group >= 0 && setpgid(0, c->process_group) < 0)
         goto error;
-    if (c->n_extra_groups >= 0 && setgroups((size_t)c->n_extra_groups, c->extra_groups) < 0)
+    /* Raw syscalls, not glibc's setgroups/setregid/setreuid: those broadcast the change to
+     * every thread listed in the (shared, CLONE_VM) memory, i.e. the owner's threads, and can
+     * hang or misfire from a vfork-style child. That is why CPython never vforks when ids are
+     * given. The kernel call changes the calling task only, and this child has one thread. */
+    if (c->n_extra_groups >= 0 &&
+        syscall(PGJOB_SYS_SETGROUPS, (long)c->n_extra_groups, c->extra_groups) < 0)
         goto error;
-    if (c->gid != (gid_t)-1 && setregid(c->gid, c->gid) < 0)
+    if (c->gid != (gid_t)-1 && syscall(PGJOB_SYS_SETREGID, (long)c->gid, (long)c->gid) < 0)
         goto error;
-    if (c->uid != (uid_t)-1 && setreuid(c->uid, c->uid) < 0)
+    if (c->uid != (uid_t)-1 && syscall(PGJOB_SYS_SETREUID, (long)c->uid, (long)c->uid) < 0)
         goto error;
     before_exec = 0;
     if (c->close_fds)
