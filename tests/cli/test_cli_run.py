@@ -37,6 +37,12 @@ whole_tree = pytest.mark.skipif(
 posix_only = pytest.mark.skipif(IS_WINDOWS, reason="POSIX signals")
 
 
+def wine_version():
+    from pgjob import _jobobject
+
+    return _jobobject.WineVersion()
+
+
 def run_cli(*args, timeout=60):
     """Run `python -m pgjob ARGS` to completion (for the cases where nothing outlives it)."""
     return subprocess.run([sys.executable, "-m", "pgjob", *args], env=pgjob_env(),
@@ -97,6 +103,19 @@ def test_mechanism_the_platform_lacks_is_125():
     result = run_cli("run", "--mechanism", "job_object", "--", sys.executable, "-c", "pass")
     assert result.returncode == 125
     assert "job_object" in result.stderr
+
+
+@pytest.mark.parametrize("option, value", [("--memory-limit", "512M"), ("--process-limit", "50"),
+                                           ("--cpu-rate", "50"), ("--process-memory-limit", "256M")])
+def test_limits_run_on_windows_and_are_a_clear_error_elsewhere(option, value):
+    if IS_WINDOWS and wine_version() is not None:
+        pytest.skip("Wine stores job limits without enforcing them: real Windows runs this (ci.yml)")
+    result = run_cli("run", option, value, "--", sys.executable, "-c", "raise SystemExit(9)")
+    if IS_WINDOWS:
+        assert result.returncode == 9, result.stderr
+    else:
+        assert result.returncode == 125
+        assert f"{option} not supported here" in result.stderr
 
 
 def test_version_and_help():
