@@ -346,18 +346,11 @@ def test_fuzz_popen_against_plain_subprocess(args, kwargs):
                 assert not job.pids(), "a failed popen left a member behind"
         if isinstance(ours_exc, pgjob.JobError):
             return  # pgjob refused what it documents it can't do (preexec_fn on Linux, ...)
-        if LINUX and isinstance(plain_exc, OverflowError) and any(
-                isinstance(kwargs.get(k), int) and kwargs[k] >= 2**32 for k in ("user", "group")):
-            # Known bug (reported in issue 5): linux_spawn.c parses uid/gid as long and casts
-            # them to uid_t/gid_t unchecked, so user=2**40 runs the child as uid 0 where
-            # subprocess raises OverflowError.
-            DIVERGENCES["uid_gid_truncated"] = DIVERGENCES.get("uid_gid_truncated", 0) + 1
-            return
         group = kwargs.get("process_group")
         if LINUX and isinstance(group, int) and group > 0 and job.mechanism == "pid_namespace":
-            # Known divergence (reported in issue 5): inside the child's own PID namespace,
-            # pgid N names a process of that namespace (the program itself is pid 2), so
-            # setpgid(0, N) can succeed where plain subprocess gets EPERM.
+            # Known divergence, documented in docs/linux.md: pgid N names a process of the
+            # job's PID namespace, so setpgid(0, N) can succeed where plain subprocess gets
+            # EPERM (N is an inner pid there).
             DIVERGENCES["process_group"] = DIVERGENCES.get("process_group", 0) + 1
             return
         assert _same_failure(plain_exc, ours_exc), (
