@@ -6,7 +6,9 @@
 Windows: a Job Object with KILL_ON_JOB_CLOSE. Linux: a PID namespace whose init dies with
 the owner (or a weaker, named fallback). `job.mechanism` always says which one protects you.
 """
-from ._base import EventKind, JobEvent, JobOptions, JobStats, ProcessHandle
+from typing import TYPE_CHECKING
+
+from ._base import EventKind, JobOptions, ProcessHandle
 from ._errors import (
     AlreadyInJobError,
     JobClosedError,
@@ -17,7 +19,19 @@ from ._errors import (
 )
 from ._job import Job, Popen, in_job, protect_children
 
+if TYPE_CHECKING:
+    from ._records import JobEvent, JobStats
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # JobStats and JobEvent are dataclasses; importing dataclasses only when they are first
+    # needed keeps `import pgjob` cheap for programs that never ask for stats or events.
+    if name in ("JobStats", "JobEvent"):
+        from . import _records
+        return getattr(_records, name)
+    raise AttributeError(f"module 'pgjob' has no attribute {name!r}")
 
 __all__ = [
     "Job",

@@ -6,12 +6,14 @@ OS object and does what the OS offers; it raises OSError from the C layer or pgj
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
 import numbers
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
-__all__ = ["JobOptions", "JobStats", "JobEvent", "EventKind", "JobBackend", "ProcessHandle"]
+if TYPE_CHECKING:
+    from ._records import JobEvent, JobStats
+
+__all__ = ["JobOptions", "EventKind", "JobBackend", "ProcessHandle"]
 
 MECHANISMS = ("job_object", "pid_namespace", "pdeathsig", "none")
 
@@ -37,23 +39,67 @@ def _positive_int(name: str, value: object, *, allow_none: bool = True) -> Optio
     return int(value)
 
 
-@dataclasses.dataclass(frozen=True)
 class JobOptions:
-    """Validated Job(...) arguments. Bad types raise TypeError, bad values ValueError."""
+    """Validated, immutable Job(...) arguments. Bad types raise TypeError, bad values ValueError.
 
-    kill_on_close: bool = True
-    name: Optional[str] = None
-    breakaway: bool = False
-    silent_breakaway: bool = False
-    die_on_unhandled_exception: bool = False
-    memory_limit: Optional[int] = None
-    process_memory_limit: Optional[int] = None
-    process_limit: Optional[int] = None
-    cpu_rate: Optional[float] = None
-    on_unavailable: str = "log"
-    mechanism: Optional[str] = None
+    A plain class rather than a dataclass: every Job makes one, and the dataclasses module
+    (which imports inspect) would double the cost of `import pgjob`.
+    """
 
-    def __post_init__(self) -> None:
+    __slots__ = ("kill_on_close", "name", "breakaway", "silent_breakaway",
+                 "die_on_unhandled_exception", "memory_limit", "process_memory_limit",
+                 "process_limit", "cpu_rate", "on_unavailable", "mechanism")
+
+    kill_on_close: bool
+    name: Optional[str]
+    breakaway: bool
+    silent_breakaway: bool
+    die_on_unhandled_exception: bool
+    memory_limit: Optional[int]
+    process_memory_limit: Optional[int]
+    process_limit: Optional[int]
+    cpu_rate: Optional[float]
+    on_unavailable: str
+    mechanism: Optional[str]
+
+    def __init__(self, kill_on_close: bool = True, *, name: Optional[str] = None,
+                 breakaway: bool = False, silent_breakaway: bool = False,
+                 die_on_unhandled_exception: bool = False, memory_limit: Optional[int] = None,
+                 process_memory_limit: Optional[int] = None, process_limit: Optional[int] = None,
+                 cpu_rate: Optional[float] = None, on_unavailable: str = "log",
+                 mechanism: Optional[str] = None) -> None:
+        values = dict(kill_on_close=kill_on_close, name=name, breakaway=breakaway,
+                      silent_breakaway=silent_breakaway,
+                      die_on_unhandled_exception=die_on_unhandled_exception,
+                      memory_limit=memory_limit, process_memory_limit=process_memory_limit,
+                      process_limit=process_limit, cpu_rate=cpu_rate,
+                      on_unavailable=on_unavailable, mechanism=mechanism)
+        for field, value in values.items():
+            object.__setattr__(self, field, value)
+        self._validate()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"JobOptions is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"JobOptions is immutable: cannot delete {name!r}")
+
+    def _as_tuple(self) -> tuple:
+        return tuple(getattr(self, field) for field in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JobOptions):
+            return NotImplemented
+        return self._as_tuple() == other._as_tuple()
+
+    def __hash__(self) -> int:
+        return hash(self._as_tuple())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"JobOptions({fields})"
+
+    def _validate(self) -> None:
         for flag in ("kill_on_close", "breakaway", "silent_breakaway", "die_on_unhandled_exception"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be bool, not {type(getattr(self, flag)).__name__}")
@@ -85,21 +131,6 @@ class JobOptions:
                                            self.process_limit, self.cpu_rate))
 
 
-@dataclasses.dataclass(frozen=True)
-class JobStats:
-    """Accounting for a job. Fields an OS can't report are None."""
-
-    active_processes: int
-    total_processes: Optional[int] = None
-    terminated_processes: Optional[int] = None
-    user_time: Optional[float] = None  # seconds, summed over all members ever
-    kernel_time: Optional[float] = None  # seconds
-    peak_process_memory: Optional[int] = None  # bytes
-    peak_job_memory: Optional[int] = None  # bytes
-    read_bytes: Optional[int] = None
-    write_bytes: Optional[int] = None
-
-
 class EventKind(enum.Enum):
     NEW_PROCESS = "new_process"
     EXIT_PROCESS = "exit_process"
@@ -112,20 +143,17 @@ class EventKind(enum.Enum):
     END_OF_PROCESS_TIME = "end_of_process_time"
 
 
-@dataclasses.dataclass(frozen=True)
-class JobEvent:
-    """One notification about the job. `pid` is None for job-wide events.
+class _LazyRecords:
+    """Stands for pgjob._records (JobStats, JobEvent) and imports it on first use: that
+    module imports dataclasses, which `import pgjob` should not pay for."""
 
-    ABNORMAL_EXIT_PROCESS means the member died from an exception or a signal: on Windows an
-    exit code with NTSTATUS error severity (0xC0000005 ...), reported as such even where the
-    kernel posted a plain exit (fast-fail codes, Wine). `os_message` keeps the kernel's own
-    message code (Windows JOB_OBJECT_MSG_*), None where the event has no kernel message.
-    """
+    def __getattr__(self, name: str):
+        from . import _records as module
+        return getattr(module, name)
 
-    kind: EventKind
-    pid: Optional[int] = None
-    exit_code: Optional[int] = None
-    os_message: Optional[int] = None
+
+#: Backends make records through this: `records.JobStats(...)`.
+records = _LazyRecords()
 
 
 class JobBackend:

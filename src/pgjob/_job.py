@@ -13,12 +13,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from . import _errors
-from ._base import JobBackend, JobEvent, JobOptions, JobStats, ProcessHandle
+from ._base import JobBackend, JobOptions, ProcessHandle
 from ._errors import AlreadyInJobError, JobClosedError, JobError, UnsupportedError
 from ._log import logger
+
+if TYPE_CHECKING:
+    from ._records import JobEvent, JobStats
 
 if sys.platform == "win32":
     from . import _windows as _backend

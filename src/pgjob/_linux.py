@@ -21,14 +21,18 @@ import sys
 import threading
 import time
 import types
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from . import _errors
 from . import _jobobject as c
-from ._base import EventKind, JobBackend, JobEvent, JobOptions, JobStats
+from ._base import EventKind, JobBackend, JobOptions, records as _records
 from ._errors import ProcessExitedError, UnsupportedError
 from ._log import logger
 from ._unprotected import UnprotectedJob
+
+if TYPE_CHECKING:
+    from ._records import JobEvent, JobStats
+
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Popen reads "noexec:chdir" from the errpipe as "chdir(cwd) failed" since Python 3.13.
@@ -265,7 +269,7 @@ class _LinuxJob(JobBackend):
                     self._members.append(_Member(pid, pidfd))
                     self._started += 1
                     self._zero_pending = True
-                    self._events.append(JobEvent(EventKind.NEW_PROCESS, pid))
+                    self._events.append(_records.JobEvent(EventKind.NEW_PROCESS, pid))
             logger.debug("%s: pid %d, pidfd %d", self.spawn_path, pid, pidfd)
             try:
                 os.write(self._wake_write, b"!")
@@ -304,7 +308,7 @@ class _LinuxJob(JobBackend):
                     live.append(m)
                     continue
                 self._member_exited(m.pid)
-                self._events.append(JobEvent(EventKind.EXIT_PROCESS, m.pid))
+                self._events.append(_records.JobEvent(EventKind.EXIT_PROCESS, m.pid))
                 os.close(m.pidfd)
             self._members = live
             return list(live)
@@ -320,7 +324,7 @@ class _LinuxJob(JobBackend):
             with self._lock:
                 if self._zero_pending:
                     self._zero_pending = False
-                    self._events.append(JobEvent(EventKind.ACTIVE_PROCESS_ZERO))
+                    self._events.append(_records.JobEvent(EventKind.ACTIVE_PROCESS_ZERO))
         return live
 
     def stats(self) -> JobStats:
@@ -328,7 +332,7 @@ class _LinuxJob(JobBackend):
         user, kernel = _cpu_times(pids)
         # Linux keeps no count of every process that ever was in a namespace, nor peak
         # memory or I/O for a group without a cgroup: those stay None.
-        return JobStats(active_processes=len(pids), user_time=user, kernel_time=kernel)
+        return _records.JobStats(active_processes=len(pids), user_time=user, kernel_time=kernel)
 
     def next_event(self, timeout: Optional[float]) -> Optional[JobEvent]:
         deadline = None if timeout is None else time.monotonic() + timeout

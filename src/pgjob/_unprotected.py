@@ -7,10 +7,14 @@ import sys
 import threading
 import time
 import weakref
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from ._base import JobBackend, JobEvent, JobOptions, JobStats
+from ._base import JobBackend, JobOptions, records as _records
 from ._errors import UnsupportedError
+
+if TYPE_CHECKING:
+    from ._records import JobEvent, JobStats
+
 
 
 class UnprotectedJob(JobBackend):
@@ -55,7 +59,7 @@ class UnprotectedJob(JobBackend):
 
     def stats(self) -> JobStats:
         alive = len(self._alive())
-        return JobStats(active_processes=alive, total_processes=self._started,
+        return _records.JobStats(active_processes=alive, total_processes=self._started,
                         terminated_processes=None)
 
     def next_event(self, timeout: Optional[float]) -> Optional[JobEvent]:

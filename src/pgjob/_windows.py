@@ -12,12 +12,16 @@ import os
 import subprocess
 import time
 import types
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from . import _jobobject as c
-from ._base import EventKind, JobBackend, JobEvent, JobOptions, JobStats
+from ._base import EventKind, JobBackend, JobOptions, records as _records
 from ._errors import ProcessExitedError
 from ._log import logger
+
+if TYPE_CHECKING:
+    from ._records import JobEvent, JobStats
+
 
 _PROCESS_QUERY_INFORMATION = 0x0400
 _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
@@ -262,7 +266,7 @@ class WindowsJob(JobBackend):
             read = write = None
         limits = c.QueryJobExtendedLimits(self.handle)
         peak_process, peak_job = limits[4], limits[5]
-        return JobStats(active_processes=active, total_processes=total,
+        return _records.JobStats(active_processes=active, total_processes=total,
                         terminated_processes=terminated, user_time=user / 1e7,
                         kernel_time=kernel / 1e7, peak_process_memory=peak_process,
                         peak_job_memory=peak_job, read_bytes=read, write_bytes=write)
@@ -284,7 +288,7 @@ class WindowsJob(JobBackend):
                 # Died from an exception. Windows only posts ABNORMAL for codes on its own
                 # list (fast-fail 0xC0000409 arrives as a plain exit; Wine never posts it).
                 kind = EventKind.ABNORMAL_EXIT_PROCESS
-        return JobEvent(kind, pid, exit_code, msg)
+        return _records.JobEvent(kind, pid, exit_code, msg)
 
     def wait(self, timeout: Optional[float]) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
