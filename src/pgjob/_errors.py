@@ -72,20 +72,21 @@ _NAMESPACE_REFUSED = (errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOSPC, err
                       errno.ENOSYS)
 
 
-def classify(exc: OSError, operation: str, *, target_exited: bool = False) -> OSError:
+def classify(exc: OSError, operation: str) -> OSError:
     """Map an OSError raised by pgjob._jobobject to the pgjob class it means.
 
     `operation` is what pgjob was doing ("create", "assign", "assign_current", "spawn",
     "query", "terminate", ...): the same code means different things in different places
     (ERROR_ACCESS_DENIED from AssignProcessToJobObject means "already in a job that forbids
-    nesting"; from CreateProcess it is a plain PermissionError). `target_exited` is set by the
-    backend when it has checked that the target process is gone: Windows reports that as
-    ACCESS_DENIED too. Errors that aren't about jobs (a missing executable while spawning)
-    are returned unchanged, so Popen callers still see FileNotFoundError and friends.
+    nesting"; from CreateProcess it is a plain PermissionError). A target that exited
+    mid-call (Windows reports that as ACCESS_DENIED too) is told apart by the backend, which
+    can check the process, and raised as ProcessExitedError before it gets here. Errors that
+    aren't about jobs (a missing executable while spawning) are returned unchanged, so Popen
+    callers still see FileNotFoundError and friends.
     """
     if isinstance(exc, JobError):
         return exc
-    cls = _class_for(exc, operation, target_exited)
+    cls = _class_for(exc, operation)
     if cls is None:
         return exc
     syscall = getattr(exc, "syscall", None)
@@ -101,9 +102,7 @@ def classify(exc: OSError, operation: str, *, target_exited: bool = False) -> OS
     return new
 
 
-def _class_for(exc: OSError, operation: str, target_exited: bool) -> type[JobError] | None:
-    if target_exited:
-        return ProcessExitedError
+def _class_for(exc: OSError, operation: str) -> type[JobError] | None:
     winerror = getattr(exc, "winerror", None)
     if sys.platform == "win32" and winerror is not None:
         from . import _jobobject as c

@@ -128,7 +128,7 @@ class Job:
         return f"<pgjob.Job {state} mechanism={self._mechanism!r} kill_on_close={self._options.kill_on_close}>"
 
     @contextlib.contextmanager
-    def _use(self, operation: str, *, target_exited=None) -> Iterator[JobBackend]:
+    def _use(self, operation: str) -> Iterator[JobBackend]:
         """Borrow the backend for one operation; classify what it raises.
 
         close() from another thread while we are inside only marks the job closed; the OS
@@ -145,8 +145,8 @@ class Job:
         except JobError:
             raise
         except OSError as exc:
-            exited = bool(target_exited and target_exited())
-            err = _errors.classify(exc, operation, target_exited=exited)
+            # (A target that exited mid-call is detected by the backend, at the lowest layer.)
+            err = _errors.classify(exc, operation)
             if err is exc:
                 raise
             raise err from exc
