@@ -341,8 +341,8 @@ class _Forwarder:
             else:
                 # To COMMAND only, as systemd's KillMode=mixed does: it stops its own children
                 # its own way (a postmaster shuts its backends down in order), and whatever is
-                # left when it exits dies with the job. Under pid_namespace popen.pid is the
-                # namespace's init, which passes the signal on to COMMAND.
+                # left when it exits dies with the job. popen.pid is COMMAND itself under
+                # every mechanism (on Linux a member of the job's namespace, not its init).
                 _wait_until_not_pending(popen.pid, number)
                 os.kill(popen.pid, number)
                 logger.info("forwarded %s to COMMAND (pid %d)", name, popen.pid)
@@ -394,11 +394,11 @@ def _pending_signals(pid: int) -> int:
 def _wait_until_not_pending(pid: int, number: int, timeout: float = 0.5) -> None:
     """Wait (briefly) until signal `number` is no longer pending at `pid`.
 
-    A standard signal sent while the same signal is still pending is merged into it and lost.
-    With --process-group new, a terminal's Ctrl-C reaches the namespace init (it shares our
-    foreground group) as well as pgjob; the init discards terminal-generated signals, so if
-    our forwarded copy arrived before the init had read the terminal's, COMMAND would get
-    none. Only Linux shows pending signals; elsewhere this returns at once.
+    A standard signal sent while the same signal is still pending is merged into it and lost,
+    so a copy that COMMAND has not yet taken (from the terminal, or our previous forward) would
+    swallow ours. Written for the earlier per-spawn init, which dropped terminal-generated
+    signals; with the job-wide init in its own session this normally returns at once, and it
+    stays as a cheap guard. Only Linux shows pending signals; elsewhere this returns at once.
     """
     if not sys.platform.startswith("linux"):
         return
