@@ -120,6 +120,10 @@ def _class_for(exc: OSError, operation: str) -> type[JobError] | None:
             return ProcessExitedError
         if winerror == c.ERROR_INVALID_HANDLE and operation not in ("spawn", "open_process"):
             return JobClosedError
+        if operation == "spawn" and getattr(exc, "syscall", None) is None:
+            # Not from pgjob's C layer (argument/environment checks that mirror _winapi's):
+            # Popen's own error, passed on exactly as subprocess.Popen raises it.
+            return None
         if operation == "spawn" and getattr(exc, "syscall", "") == "CreateProcessW":
             # Popen semantics: a missing program is FileNotFoundError, not a job error;
             # only the quota (active-process limit) is ours to name.

@@ -88,8 +88,12 @@ def environment_block(env) -> Optional[str]:
             raise TypeError("environment can only contain strings")
         if "\0" in key or "\0" in value:
             raise ValueError("embedded null character")
-        if not key or "=" in key[1:]:
+        # Exactly _winapi's rules, so job.popen fails where subprocess.Popen does: '=' only
+        # as the first character (as in "=C:"), and an empty name is OSError(winerror 87).
+        if "=" in key[1:]:
             raise ValueError("illegal environment variable name")
+        if not key:
+            raise OSError(0, "Invalid parameter", None, c.ERROR_INVALID_PARAMETER)
         merged[key.upper()] = (key, value)
     entries = [f"{k}={v}" for k, v in (merged[u] for u in sorted(merged))]
     return "\0".join(entries) + "\0\0" if entries else "\0\0"

@@ -110,3 +110,18 @@ def test_pgjob_popen_without_job_makes_a_private_job(reaper):
         assert p.job.mechanism == "job_object"
         assert p.wait(60) == 0
     assert p.job.closed
+
+
+@pytest.mark.parametrize("name", ["", "A=B", "=C:"])
+def test_environment_names_fail_exactly_like_subprocess(job, name):
+    """The fuzzer's find: job.popen must refuse (or accept) an environment name exactly as
+    subprocess.Popen does: '=' inside a name is ValueError, an empty name OSError(87)."""
+    env = dict(os.environ, **{name: "x"})
+    outcomes = []
+    for spawn in (subprocess.Popen, job.popen):
+        try:
+            spawn([PY, "-c", "pass"], env=env).wait(60)
+            outcomes.append("ran")
+        except (OSError, ValueError) as exc:
+            outcomes.append((type(exc), getattr(exc, "winerror", None)))
+    assert outcomes[0] == outcomes[1]
