@@ -78,23 +78,31 @@ def limit_flags(options: JobOptions) -> int:
 
 
 def environment_block(env) -> Optional[str]:
-    """The UTF-16 environment block CreateProcessW wants, as _winapi builds it, sorted
-    case-insensitively as Windows expects (and later duplicates of a name win)."""
+    """The UTF-16 environment block CreateProcessW wants, built as _winapi builds it, so that
+    job.popen fails exactly where subprocess.Popen does, with the same exception.
+
+    _winapi (3.11.9, 3.13) first maps every name to upper case to sort them (a non-str name
+    is TypeError there, an empty one OSError(winerror 87) from LCMapStringEx), then checks
+    the pairs in sorted order; later duplicates of a name win."""
     if env is None:
         return None
+    keys = list(env.keys())
+    for key in keys:
+        if not isinstance(key, str):
+            raise TypeError("bad argument type for built-in operation")
+        if not key:
+            raise OSError(0, "Invalid parameter", None, c.ERROR_INVALID_PARAMETER, None)
     merged = {}
-    for key, value in env.items():
-        if not isinstance(key, str) or not isinstance(value, str):
+    for key in sorted(keys, key=str.upper):
+        value = env[key]
+        if not isinstance(value, str):
             raise TypeError("environment can only contain strings")
         if "\0" in key or "\0" in value:
             raise ValueError("embedded null character")
-        # Exactly _winapi's rules, so job.popen fails where subprocess.Popen does: '=' only
-        # as the first character (as in "=C:"), and an empty name is OSError(winerror 87).
-        if "=" in key[1:]:
+        if "=" in key[1:]:  # '=' only as the first character, as in "=C:"
             raise ValueError("illegal environment variable name")
-        if not key:
-            raise OSError(0, "Invalid parameter", None, c.ERROR_INVALID_PARAMETER)
-        merged[key.upper()] = (key, value)
+    for key in keys:
+        merged[key.upper()] = (key, env[key])
     entries = [f"{k}={v}" for k, v in (merged[u] for u in sorted(merged))]
     return "\0".join(entries) + "\0\0" if entries else "\0\0"
 

@@ -112,16 +112,27 @@ def test_pgjob_popen_without_job_makes_a_private_job(reaper):
     assert p.job.closed
 
 
-@pytest.mark.parametrize("name", ["", "A=B", "=C:"])
-def test_environment_names_fail_exactly_like_subprocess(job, name):
-    """The fuzzer's find: job.popen must refuse (or accept) an environment name exactly as
-    subprocess.Popen does: '=' inside a name is ValueError, an empty name OSError(87)."""
-    env = dict(os.environ, **{name: "x"})
+# Environments that fail (or not) in _winapi in an order-dependent way: names are checked
+# (type, emptiness) in insertion order first, then every pair in case-insensitive sorted order.
+BAD_ENVIRONMENTS = [
+    {"": "x"}, {"A=B": "x"}, {"=C:": "x"}, {"x": "y", "": 1, 2: 3}, {1: "x", "": "y"},
+    {"": "y", 1: "x"}, {"b": 1, "a=b": "x"}, {"b": "x", "a=b": 1}, {"b": 1, "A\0": "x"},
+    {b"a": "x"}, {"a": b"x"}, {"a": "x\0"}, {"a": "x", "A": "y"},
+]
+
+
+@pytest.mark.parametrize("extra", BAD_ENVIRONMENTS, ids=repr)
+def test_environment_fails_exactly_like_subprocess(job, extra):
+    """The fuzzer's finds: job.popen must refuse (or accept) an environment exactly as
+    subprocess.Popen does, with the same exception class, message and winerror."""
+    env = dict(os.environ)
+    env.update(extra)
     outcomes = []
     for spawn in (subprocess.Popen, job.popen):
         try:
-            spawn([PY, "-c", "pass"], env=env).wait(60)
-            outcomes.append("ran")
-        except (OSError, ValueError) as exc:
-            outcomes.append((type(exc), getattr(exc, "winerror", None)))
+            p = spawn([PY, "-c", "import os; print(os.environ.get('A'))"], env=env,
+                      stdout=subprocess.PIPE, text=True)
+            outcomes.append(("ran", p.communicate(timeout=60)[0]))
+        except (OSError, TypeError, ValueError) as exc:
+            outcomes.append((type(exc), str(exc), getattr(exc, "winerror", None)))
     assert outcomes[0] == outcomes[1]
