@@ -11,7 +11,7 @@ processes that hold them. Run by benchmarks/run.py, never imported by pgjob.
 
 Linux: every other member is a daemon made the classic way (fork, setsid, fork, the middle
 process exits), so half the tree are setsid grandchildren reparented to the namespace's init.
-Windows: members are `ping -n 1000000 127.0.0.1` (a cheap process that waits); every other one
+Windows: members are bare Pythons sleeping (`python -S -I`); every other one
 is started by a middle process that exits at once, with DETACHED_PROCESS and a new process
 group: the Windows form of an orphaned daemon.
 """
@@ -23,7 +23,9 @@ import time
 
 WINDOWS = sys.platform == "win32"
 SLEEP_ARGV = [b"sleep", b"100000"]
-PING = ["ping", "-n", "1000000", "127.0.0.1"]
+# Not `ping -n N 127.0.0.1`: under Wine 8 killing a ping mid-request can deadlock nsiproxy.sys
+# (and mountmgr.sys beside it in winedevice.exe), after which every new process hangs.
+WIN_SLEEPER = [sys.executable, "-S", "-I", "-c", "import time; time.sleep(100000)"]
 DETACHED = 0x00000008 | 0x00000200  # DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP
 
 
@@ -69,11 +71,11 @@ def build_windows(n, daemons):
                    "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print(p.pid)" % DETACHED)
     for i in range(n - 1):
         if daemons and i % 2:
-            out = subprocess.run([sys.executable, "-S", "-c", middle_code, *PING],
+            out = subprocess.run([sys.executable, "-S", "-c", middle_code, *WIN_SLEEPER],
                                  stdout=subprocess.PIPE, text=True, check=True).stdout
             pid = int(out)
         else:
-            p = subprocess.Popen(PING, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            p = subprocess.Popen(WIN_SLEEPER, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             pid = p.pid
             workers.append(p)
         handles.append(_winapi.OpenProcess(0x00100000, False, pid))  # SYNCHRONIZE

@@ -36,6 +36,7 @@ WINDOWS = sys.platform == "win32"
 LINUX = sys.platform.startswith("linux")
 
 import pgjob  # noqa: E402  (after the path is set)
+from member_tree import WIN_SLEEPER  # noqa: E402  (benchmarks/ is sys.path[0])
 
 clock = time.perf_counter
 
@@ -358,7 +359,7 @@ def _ops_for(mech, layout, n, reps):
             builder.stdout.close()
             popens = [builder]
         else:
-            argv = (["ping", "-n", "1000000", "127.0.0.1"] if WINDOWS else ["sleep", "100000"])
+            argv = (WIN_SLEEPER if WINDOWS else ["sleep", "100000"])
             popens = [job.popen(argv, stdout=subprocess.DEVNULL) for _ in range(n)]
         members = job.pids()
         target = popens[-1].pid

@@ -22,6 +22,19 @@ STRESS = [pytest.mark.stress,
                              reason="stress tests run with PGJOB_STRESS=ci or =full (scripts/stress)")]
 
 
+def sleeper(seconds):
+    """argv of a cheap process that waits `seconds` and exits 0.
+
+    Windows: not `ping -n N 127.0.0.1`, the usual idiom. Under Wine 8 a ping killed while its
+    ICMP request is in flight (which is what a job teardown does) can deadlock nsiproxy.sys in
+    winedevice.exe, and mountmgr.sys lives in the same process: from then on every new process
+    and many file stats hang, and the whole run stalls. A bare Python (-S -I: no site, no
+    user paths) starts in ~40 ms under Wine and touches no driver."""
+    if WINDOWS:
+        return [sys.executable, "-S", "-I", "-c", f"import time; time.sleep({seconds!r})"]
+    return ["sleep", str(seconds)]
+
+
 def sized(ci, full):
     """The count to use at this scale."""
     return full if FULL else ci

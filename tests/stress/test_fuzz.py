@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import pgjob  # noqa: E402
-from stress_support import LINUX, STRESS, WINDOWS, report, sized  # noqa: E402
+from stress_support import LINUX, STRESS, WINDOWS, report, sized, sleeper  # noqa: E402
 
 pytestmark = STRESS
 
@@ -56,10 +56,9 @@ class Watchdog:
 
 if WINDOWS:
     TRUE = ["hostname"]  # a native program that exits at once
-    QUICK_MEMBER = ["ping", "-n", "1", "127.0.0.1"]
 else:
     TRUE = ["/bin/true"]
-    QUICK_MEMBER = ["sleep", "0.05"]
+QUICK_MEMBER = sleeper(0.05)
 
 huge_ints = st.sampled_from([2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64, 10**30,
                              -1, -2**31, -2**63, -10**30, 0])

@@ -9,11 +9,11 @@ import threading
 import pytest
 
 import pgjob
-from stress_support import LINUX, STRESS, WINDOWS, report, sized
+from stress_support import LINUX, STRESS, WINDOWS, report, sized, sleeper
 
 pytestmark = STRESS
 
-SLEEPER = ["ping", "-n", "1000000", "127.0.0.1"] if WINDOWS else ["sleep", "1000"]
+SLEEPER = sleeper(1000)
 THREADS = 8
 JOIN_WITHIN = 120  # seconds: past this, a thread is deadlocked
 MECHANISMS = [None] if WINDOWS else ["pid_namespace", "pdeathsig"]
