@@ -250,11 +250,17 @@ class WindowsJob(JobBackend):
             if pid == me:
                 continue
             try:
-                h = _winapi.OpenProcess(_PROCESS_TERMINATE, False, pid)
+                # The full query right: Wine's IsProcessInJob refuses the limited one. A
+                # process we may terminate grants it.
+                h = _winapi.OpenProcess(
+                    _PROCESS_TERMINATE | _PROCESS_QUERY_INFORMATION, False, pid)
             except OSError:
                 continue  # exited since we listed it
             try:
-                _winapi.TerminateProcess(h, exit_code)
+                # The pid may name another process by now (Windows reuses pids): the open
+                # handle pins whatever it names, so ask the kernel before killing it.
+                if c.IsProcessInJob(h, self.handle):
+                    _winapi.TerminateProcess(h, exit_code)
             except OSError:
                 pass  # exited between OpenProcess and TerminateProcess
             finally:
