@@ -154,13 +154,9 @@ def test_named_job_refuses_to_open_an_existing_one():
         assert info.value.winerror == _jobobject.ERROR_ALREADY_EXISTS
 
 
-def test_owner_in_job_terminate_never_kills_a_reused_pid(reaper):
-    """An owner inside its own job can't TerminateJobObject (it would die too), so
-    terminate() kills the other members one by one, by pid. A pid from the list may name
-    another process by then (Windows reuses pids): that one must live. The reuse is
-    simulated by listing a stranger's pid, since the OS won't reuse a pid on demand."""
-    stranger = reaper.start(actor_command("sleeper"))
-    stranger_pid = stranger.read_json()["pid"]
+def start_owner_in_job(reaper, then):
+    """Start a Python owner that puts itself in a kill-on-close job, starts a sleeper
+    member (its pid in `pid`, its Popen in `child`), then runs the code `then`."""
     script = (
         "import json, subprocess, sys, pgjob\n"
         "from pgjob import _jobobject\n"
@@ -168,13 +164,24 @@ def test_owner_in_job_terminate_never_kills_a_reused_pid(reaper):
         "job.assign_current()\n"
         f"child = subprocess.Popen({actor_command('sleeper')!r}, stdout=subprocess.PIPE, text=True)\n"
         "pid = json.loads(child.stdout.readline())['pid']\n"
+        f"{then}"
+        "sys.stdin.readline()\n"
+    )
+    return reaper.start([sys.executable, "-c", script])
+
+
+def test_owner_in_job_terminate_never_kills_a_reused_pid(reaper):
+    """An owner inside its own job can't TerminateJobObject (it would die too), so
+    terminate() kills the other members one by one, by pid. A pid from the list may name
+    another process by then (Windows reuses pids): that one must live. The reuse is
+    simulated by listing a stranger's pid, since the OS won't reuse a pid on demand."""
+    stranger = reaper.start(actor_command("sleeper"))
+    stranger_pid = stranger.read_json()["pid"]
+    owner = start_owner_in_job(reaper, (
         "real = _jobobject.QueryJobProcessIdList\n"
         f"_jobobject.QueryJobProcessIdList = lambda h: real(h) + [{stranger_pid}]\n"
         "job.terminate(5)\n"
-        "print(json.dumps({'pid': pid, 'code': child.wait(30)}), flush=True)\n"
-        "sys.stdin.readline()\n"
-    )
-    owner = reaper.start([sys.executable, "-c", script])
+        "print(json.dumps({'pid': pid, 'code': child.wait(30)}), flush=True)\n"))
     result = owner.read_json()
     reaper.track(result["pid"])
     assert result["code"] == 5  # the real member was terminated
@@ -184,17 +191,9 @@ def test_owner_in_job_terminate_never_kills_a_reused_pid(reaper):
 
 def test_owner_in_job_close_keeps_the_process_alive_and_protected(reaper):
     """The trap: closing the last handle of a kill-on-close job we are in would kill us."""
-    script = (
-        "import json, subprocess, sys, pgjob\n"
-        "job = pgjob.Job()\n"
-        "job.assign_current()\n"
-        f"child = subprocess.Popen({actor_command('sleeper')!r}, stdout=subprocess.PIPE, text=True)\n"
-        "pid = json.loads(child.stdout.readline())['pid']\n"
+    owner = start_owner_in_job(reaper, (
         "job.close()\n"
-        "print(json.dumps({'pid': pid, 'closed': job.closed}), flush=True)\n"
-        "sys.stdin.readline()\n"
-    )
-    owner = reaper.start([sys.executable, "-c", script])
+        "print(json.dumps({'pid': pid, 'closed': job.closed}), flush=True)\n"))
     ready = owner.read_json()
     reaper.track(ready["pid"])
     assert ready["closed"] is True
