@@ -1,18 +1,16 @@
 """Process helpers and the reaper fixture for the CLI tests: start `pgjob run`, read readiness
 lines with a deadline, find every process of a test by its token, and make sure all of them
 are gone at the end."""
-import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 import pgjob
+from proc_helpers import LineReader, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ACTOR = os.path.join(HERE, "cli_actor.py")
@@ -131,18 +129,6 @@ else:
         return sorted(found)
 
 
-def wait_until(predicate, timeout):
-    """Poll `predicate` until it is true or `timeout` seconds passed; return its last value."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.1)
-
-
 def wait_gone(pids, timeout=GONE_WITHIN):
     """Wait until none of `pids` runs; return the survivors (empty on success)."""
     pids = list(pids)
@@ -150,30 +136,11 @@ def wait_gone(pids, timeout=GONE_WITHIN):
     return [p for p in pids if alive(p)]
 
 
-class Running:
+class Running(LineReader):
     """A started process with a deadline-bounded reader of its stdout lines."""
 
     def __init__(self, popen):
-        self.popen = popen
-        self.pid = popen.pid
-        self._lines = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.popen.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def read_json(self, timeout=READY_WITHIN):
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"process {self.pid} said nothing within {timeout} s") from None
-        if line is None:
-            raise AssertionError(f"process {self.pid} closed its output (exit status "
-                                 f"{self.popen.poll()}) before it was ready")
-        return json.loads(line)
+        super().__init__(popen, READY_WITHIN)
 
     def wait(self, timeout=READY_WITHIN):
         return self.popen.wait(timeout)

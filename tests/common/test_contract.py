@@ -2,7 +2,6 @@
 checking, and an honest `mechanism`."""
 import errno
 import subprocess
-import sys
 
 import pytest
 

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from proc_helpers import wait_until
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(os.path.dirname(HERE)), "src")
 OWNER = os.path.join(HERE, "owner.py")
@@ -37,14 +39,6 @@ def alive(proc):
     return start_time(pid) == started
 
 
-def wait_until(predicate, timeout=10.0, interval=0.005):
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(interval)
 
 
 def kill_quietly(pid):

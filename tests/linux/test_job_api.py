@@ -11,7 +11,8 @@ import pytest
 
 import pgjob
 from pgjob import _jobobject, _linux
-from conftest import alive, wait_until
+from conftest import alive
+from proc_helpers import wait_until
 
 pytestmark = pytest.mark.linux
 

@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from conftest import alive, kill_quietly, unprivileged_python, wait_until
+from conftest import alive, kill_quietly, unprivileged_python
+from proc_helpers import wait_until
 
 pytestmark = pytest.mark.linux
 

@@ -1,7 +1,6 @@
 """subprocess.Popen compatibility through job.popen(), in both Linux mechanisms: pipes,
 communicate, env/cwd, exec errors, returncode (negative for signals), send_signal,
 terminate, kill, timeouts; and what Popen.pid means in a PID namespace."""
-import errno
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import threading
 import pytest
 
 import pgjob
-from conftest import wait_until
+from proc_helpers import wait_until
 
 pytestmark = pytest.mark.linux
 

@@ -15,9 +15,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
+
+from proc_helpers import wait_until
 
 #: PostgreSQL refuses to run as root: when the tests run as root, the server runs as this user.
 SERVER_USER = os.environ.get("PGJOB_PG_USER", "pgjobtest")
@@ -62,17 +63,6 @@ def port_taken(port):
     with socket.socket() as probe:
         probe.settimeout(2)
         return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_until(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.1)
 
 
 def processes_in(directory):

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from pg_cluster import (GONE_WITHIN, PYTHON, cluster, pg_bindir, pg_template,  # noqa: F401
-                        pgjob_env, port_taken, python_for_server_user, wait_until)
+                        pgjob_env, port_taken, python_for_server_user)
+from proc_helpers import wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OWNER = os.path.join(HERE, "pg_owner.py")

@@ -5,7 +5,6 @@ owner reported must be gone afterwards. Survivors are counted, killed, and fail 
 The SIGKILL cases run scripts/stress_linux_orphans.py's own round; the clean-exit, exception
 and unprivileged cases extend it here with the same owner and the same liveness test."""
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,8 @@ import tempfile
 
 import pytest
 
-from stress_support import LINUX, STRESS, report, sized, wait_until
+from proc_helpers import wait_until
+from stress_support import LINUX, STRESS, report, sized
 
 pytestmark = [*STRESS, pytest.mark.linux,
               pytest.mark.skipif(not LINUX, reason="Linux backend")]

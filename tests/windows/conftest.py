@@ -1,11 +1,8 @@
 """Fixtures for the Windows suite: spawn actor processes, read their readiness lines with a
 deadline, and make sure every process a test started is gone when it ends."""
-import json
 import os
-import queue
 import subprocess
 import sys
-import threading
 import time
 
 import _winapi
@@ -13,6 +10,7 @@ import pytest
 
 import pgjob
 from pgjob import _jobobject
+from proc_helpers import LineReader
 
 ACTOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "actor.py")
 SYNCHRONIZE = 0x00100000
@@ -76,29 +74,11 @@ def kill(pid):
         _winapi.CloseHandle(handle)
 
 
-class Actor:
+class Actor(LineReader):
     """A running actor.py process with a deadline-bounded line reader on its stdout."""
 
     def __init__(self, popen):
-        self.popen = popen
-        self.pid = popen.pid
-        self._lines = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.popen.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def read_json(self, timeout=READY_WITHIN):
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"actor {self.pid} said nothing within {timeout} s") from None
-        if line is None:
-            raise AssertionError(f"actor {self.pid} exited (code {self.popen.wait()}) before it was ready")
-        return json.loads(line)
+        super().__init__(popen, READY_WITHIN, what="actor")
 
     def send(self, text):
         self.popen.stdin.write(text + "\n")

@@ -1,0 +1,60 @@
+"""Helpers every suite shares (Linux, Windows under Wine, CLI, PostgreSQL, stress): a
+deadline wait and a deadline-bounded reader of a child's JSON lines.
+
+Importable as `proc_helpers` from any test module: tests/conftest.py lives beside this file,
+and pytest's default (prepend) import mode puts its folder on sys.path.
+"""
+import json
+import queue
+import subprocess
+import threading
+import time
+
+
+def wait_until(predicate, timeout=10.0):
+    """Poll `predicate` until it is true or `timeout` seconds have passed; return its last
+    value. Polls every 2 ms at first, backing off to 50 ms, so a quick outcome is seen
+    quickly and a slow one costs little CPU."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.05)
+
+
+class LineReader:
+    """A started process whose stdout (text mode) is read by a daemon thread, so a test can
+    wait for its next line with a deadline instead of blocking forever on a silent child."""
+
+    def __init__(self, popen, ready_within, what="process"):
+        self.popen = popen
+        self.pid = popen.pid
+        self.ready_within = ready_within
+        self.what = what
+        self._lines = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.popen.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def read_json(self, timeout=None):
+        """The next stdout line, parsed as JSON; AssertionError if none comes in time."""
+        timeout = self.ready_within if timeout is None else timeout
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"{self.what} {self.pid} said nothing within {timeout} s") from None
+        if line is None:
+            try:
+                status = self.popen.wait(5)
+            except subprocess.TimeoutExpired:  # still running with its stdout closed
+                status = "none yet"
+            raise AssertionError(f"{self.what} {self.pid} closed its output (exit status "
+                                 f"{status}) before it was ready")
+        return json.loads(line)
