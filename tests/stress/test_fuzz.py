@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
@@ -22,7 +21,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import pgjob  # noqa: E402
-from stress_support import LINUX, STRESS, WINDOWS, report, sized, sleeper  # noqa: E402
+from stress_support import (LINUX, STRESS, WINDOWS, report, sized, sleeper, spawn_member as _spawn,
+                            wine_1359_counts)  # noqa: E402
 
 pytestmark = STRESS
 
@@ -76,25 +76,9 @@ def _closed_job():
     return job
 
 
-HARNESS_RETRIES = {}
-
-
 def _dead_popen():
-    """A plain subprocess that has exited and been reaped (its pid may even be reused already).
-
-    Harness, not the code under test: under Wine 8, plain CreateProcess very rarely fails with
-    winerror 1359 (ERROR_INTERNAL_ERROR: the new process died during its own start-up with
-    exit code 0; seen once in ~4,000 fuzz cases, not reproduced in 900 spawns right after job
-    teardowns). One retry, counted in the STRESS line, so a pattern would show."""
-    for attempt in range(2):
-        try:
-            p = subprocess.Popen(TRUE, stdout=subprocess.DEVNULL)
-            break
-        except OSError as exc:
-            if not (WINDOWS and exc.winerror == 1359 and attempt == 0):
-                raise
-            HARNESS_RETRIES["wine_createprocess_1359"] = \
-                HARNESS_RETRIES.get("wine_createprocess_1359", 0) + 1
+    """A plain subprocess that has exited and been reaped (its pid may even be reused already)."""
+    p = _spawn(subprocess.Popen, TRUE)
     p.wait()
     return p
 
@@ -163,7 +147,7 @@ def _run_operation(job, name, arg, started):
         if WINDOWS and isinstance(arg, int) and 0 < arg < 2**32:
             # Never a pid that might be a stranger's (Windows reuses pids at once, and another
             # suite may share this wineserver): our own live child instead.
-            plain = subprocess.Popen(QUICK_MEMBER, stdout=subprocess.DEVNULL)
+            plain = _spawn(subprocess.Popen, QUICK_MEMBER)
             started.append(plain)
             arg = plain.pid
         job.assign(arg)
@@ -202,7 +186,7 @@ def _run_operation(job, name, arg, started):
         with job:
             pass
     elif name == "popen_quick":
-        p = job.popen(QUICK_MEMBER, stdout=subprocess.DEVNULL)
+        p = _spawn(job.popen, QUICK_MEMBER)
         started.append(p)
     elif name == "in_job":
         assert pgjob.in_job(arg) in (True, False)
@@ -226,7 +210,7 @@ def test_fuzz_job_methods(options, members, operations):
         try:
             for _ in range(members):
                 try:
-                    started.append(job.popen(QUICK_MEMBER, stdout=subprocess.DEVNULL))
+                    started.append(_spawn(job.popen, QUICK_MEMBER))
                 except pgjob.LimitExceededError:
                     pass
             for name, arg in operations:
@@ -413,6 +397,6 @@ def test_fuzz_case_count():
     total = sum(COUNTS.values())
     report("fuzz " + sys.platform, total=total, **COUNTS,
            **{"known_divergence_" + k: v for k, v in DIVERGENCES.items()},
-           **{"harness_retry_" + k: v for k, v in HARNESS_RETRIES.items()})
+           **wine_1359_counts())
     assert total >= sum(sized(ci, full) for ci, full in ((400, 4000), (300, 3000), (250, 2500),
                                                          (200, 1500))) * 0.5 or not COUNTS

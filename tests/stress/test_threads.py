@@ -9,7 +9,8 @@ import threading
 import pytest
 
 import pgjob
-from stress_support import LINUX, STRESS, WINDOWS, report, sized, sleeper
+from stress_support import (LINUX, STRESS, WINDOWS, report, sized, sleeper, spawn_member,
+                            wine_1359_counts)
 
 pytestmark = STRESS
 
@@ -76,7 +77,7 @@ def test_eight_threads_spawning_into_one_job_lose_no_member(mechanism):
             def spawner():
                 barrier.wait()
                 for _ in range(per_thread):
-                    p = job.popen(SLEEPER, stdout=subprocess.DEVNULL)
+                    p = spawn_member(job.popen, SLEEPER)
                     with lock:
                         popens.append(p)
 
@@ -93,7 +94,7 @@ def test_eight_threads_spawning_into_one_job_lose_no_member(mechanism):
         survivors += len(left)
         assert not left
     report(f"threads spawn {mechanism or 'job_object'}", rounds=rounds, threads=THREADS,
-           spawned=spawned, lost=0, survivors=survivors)
+           spawned=spawned, lost=0, survivors=survivors, **wine_1359_counts())
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
@@ -110,7 +111,7 @@ def test_spawn_and_queries_racing_close(mechanism):
             start.wait()
             while True:
                 try:
-                    p = job.popen(SLEEPER, stdout=subprocess.DEVNULL)
+                    p = spawn_member(job.popen, SLEEPER)
                 except pgjob.JobClosedError:
                     with lock:
                         outcomes["refused_closed"] += 1
@@ -143,7 +144,7 @@ def test_spawn_and_queries_racing_close(mechanism):
         survivors += len(left)
         assert not left, f"spawned members outlived close(): {left}"
     report(f"threads race-close {mechanism or 'job_object'}", rounds=rounds,
-           survivors=survivors, **outcomes)
+           survivors=survivors, **outcomes, **wine_1359_counts())
 
 
 def test_assign_racing_close():
@@ -154,7 +155,7 @@ def test_assign_racing_close():
     rounds = sized(5, 50) if LINUX else sized(3, 20)
     assigned = refused = survivors = 0
     for _ in range(rounds):
-        targets = [subprocess.Popen(SLEEPER, stdout=subprocess.DEVNULL) for _ in range(6)]
+        targets = [spawn_member(subprocess.Popen, SLEEPER) for _ in range(6)]
         job = pgjob.Job()
         results, lock = {}, threading.Lock()
         start = threading.Barrier(4)
@@ -192,4 +193,5 @@ def test_assign_racing_close():
         survivors += len([pid for pid in left if pid in {m.pid for m in members}])
         assert survivors == 0
     report("threads assign-race-close " + ("linux" if LINUX else "windows"), rounds=rounds,
-           assigned=assigned, refused_or_unsupported=refused, member_survivors=survivors)
+           assigned=assigned, refused_or_unsupported=refused, member_survivors=survivors,
+           **wine_1359_counts())
