@@ -91,7 +91,11 @@ def environment_block(env) -> Optional[str]:
         if not isinstance(key, str):
             raise TypeError("bad argument type for built-in operation")
         if not key:
-            raise OSError(0, "Invalid parameter", None, c.ERROR_INVALID_PARAMETER, None)
+            # The system's own text, trimmed as PyErr_SetFromWindowsErr trims it ("The
+            # parameter is incorrect" on Windows, "Invalid parameter" under Wine).
+            from ctypes import FormatError  # only on this error path
+            text = FormatError(c.ERROR_INVALID_PARAMETER).rstrip(" .\t\r\n")
+            raise OSError(0, text, None, c.ERROR_INVALID_PARAMETER, None)
     merged = {}
     for key in sorted(keys, key=str.upper):
         value = env[key]
