@@ -92,6 +92,25 @@ def descendants(root):
     return found
 
 
+def started_for_this_owner():
+    """Host pids of every process with our ready_dir in its argv, but us: each member gets it
+    as an argument, and so does anything it forks. This finds a setsid daemon that was
+    reparented away from our tree (the plain control, pdeathsig), which descendants() can't,
+    so the test can count it and kill it instead of leaking it onto the machine."""
+    needle = ready_dir.encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue  # exited while we listed /proc
+            if needle in argv:
+                found.append(int(name))
+    return found
+
+
 def all_in_namespace_of(pid):
     ns = os.stat(f"/proc/{pid}/ns/pid").st_ino
     out = []
@@ -133,6 +152,7 @@ def main():
         if mechanism == "protect" and popens:
             pids.update(all_in_namespace_of(popens[0].pid))
         pids.update(p for p in descendants(os.getpid()))
+        pids.update(started_for_this_owner())
         report["pids"] = sorted(pids)
         report["log"] = log_lines
         print(json.dumps(report), flush=True)
@@ -169,7 +189,8 @@ def main():
             # pgjob's own init: PID 1 of the namespace, no member but one of our children.
             report["init"] = [pid for pid in descendants(os.getpid()) if inner_pid(pid) == 1]
         report["popen_pids"] = [p.pid for p in popens]
-        report["pids"] = sorted(set(job.pids()) | set(descendants(os.getpid())))
+        report["pids"] = sorted(set(job.pids()) | set(descendants(os.getpid()))
+                                | set(started_for_this_owner()))
         report["direct"] = [p.pid for p in popens]
         report["log"] = log_lines
         print(json.dumps(report), flush=True)
