@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import pgjob  # noqa: E402
-from stress_support import (LINUX, STRESS, WINDOWS, report, sized, sleeper, spawn_member as _spawn,
-                            wine_1359_counts)  # noqa: E402
+from stress_support import (LINUX, STRESS, WINDOWS, report, sized, sleeper,  # noqa: E402
+                            spawn_member as _spawn, wine_1359_counts)
 
 pytestmark = STRESS
 
