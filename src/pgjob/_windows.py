@@ -125,6 +125,16 @@ class _WinapiWithJob:
     def CreateProcess(self, application_name, command_line, process_attributes,
                       thread_attributes, inherit_handles, creation_flags, env, cwd,
                       startupinfo):
+        # _winapi's argument converters run before it looks at the environment: check the
+        # caller's own values first too, with _winapi's messages, so that a call with two bad
+        # arguments fails here exactly as in subprocess.Popen. (An out-of-range int is masked
+        # to 32 bits there, as pgjob's C layer does too: -1 is every flag, 2**40 none.)
+        for position, value, allowed in ((1, application_name, "str or None"),
+                                         (6, creation_flags, "int")):
+            if not (isinstance(value, int) if allowed == "int"
+                    else value is None or isinstance(value, str)):
+                raise TypeError(f"CreateProcess() argument {position} must be {allowed}, not "
+                                + ("None" if value is None else type(value).__name__))
         si = startupinfo
         attribute_list = getattr(si, "lpAttributeList", None) or {}
         handle_list = attribute_list.get("handle_list") or None

@@ -136,3 +136,19 @@ def test_environment_fails_exactly_like_subprocess(job, extra):
         except (OSError, TypeError, ValueError) as exc:
             outcomes.append((type(exc), str(exc), getattr(exc, "winerror", None)))
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"creationflags": None, "env": {"": "x"}},
+    {"creationflags": 1.5, "env": {"": "x"}},
+    {"creationflags": "x"},
+], ids=repr)
+def test_bad_arguments_fail_in_winapis_order(job, kwargs):
+    """The full-size fuzz's find: _winapi converts its arguments before it reads the
+    environment, so a bad creationflags wins over a bad env, with _winapi's own message."""
+    outcomes = []
+    for spawn in (subprocess.Popen, job.popen):
+        with pytest.raises(Exception) as info:
+            spawn([PY, "-c", "pass"], **kwargs)
+        outcomes.append((type(info.value), str(info.value)))
+    assert outcomes[0] == outcomes[1]
