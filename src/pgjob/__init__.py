@@ -29,8 +29,8 @@ def __getattr__(name: str) -> object:
     # JobStats and JobEvent are dataclasses; importing dataclasses only when they are first
     # needed keeps `import pgjob` cheap for programs that never ask for stats or events.
     if name in ("JobStats", "JobEvent"):
-        from . import _records
-        return getattr(_records, name)
+        from ._base import records
+        return getattr(records, name)
     raise AttributeError(f"module 'pgjob' has no attribute {name!r}")
 
 __all__ = [

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from ._records import JobEvent, JobStats
 
 
-
 class UnprotectedJob(JobBackend):
     mechanism = "none"
 
@@ -60,7 +59,7 @@ class UnprotectedJob(JobBackend):
     def stats(self) -> JobStats:
         alive = len(self._alive())
         return _records.JobStats(active_processes=alive, total_processes=self._started,
-                        terminated_processes=None)
+                                 terminated_processes=None)
 
     def next_event(self, timeout: Optional[float]) -> Optional[JobEvent]:
         # No event source without a kernel object: honour the wait, report nothing.

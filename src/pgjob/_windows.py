@@ -97,6 +97,7 @@ def environment_block(env) -> Optional[str]:
             text = FormatError(c.ERROR_INVALID_PARAMETER).rstrip(" .\t\r\n")
             raise OSError(0, text, None, c.ERROR_INVALID_PARAMETER, None)
     merged = {}
+    # sorted() is stable: names equal but for case keep their order, so the later one wins.
     for key in sorted(keys, key=str.upper):
         value = env[key]
         if not isinstance(value, str):
@@ -105,10 +106,15 @@ def environment_block(env) -> Optional[str]:
             raise ValueError("embedded null character")
         if "=" in key[1:]:  # '=' only as the first character, as in "=C:"
             raise ValueError("illegal environment variable name")
-    for key in keys:
-        merged[key.upper()] = (key, env[key])
+        merged[key.upper()] = (key, value)
     entries = [f"{k}={v}" for k, v in (merged[u] for u in sorted(merged))]
     return "\0".join(entries) + "\0\0" if entries else "\0\0"
+
+
+def _bad_argument(position: int, expected: str, value: object) -> TypeError:
+    """The TypeError _winapi.CreateProcess's argument converters raise."""
+    got = "None" if value is None else type(value).__name__
+    return TypeError(f"CreateProcess() argument {position} must be {expected}, not {got}")
 
 
 class _WinapiWithJob:
@@ -129,12 +135,10 @@ class _WinapiWithJob:
         # caller's own values first too, with _winapi's messages, so that a call with two bad
         # arguments fails here exactly as in subprocess.Popen. (An out-of-range int is masked
         # to 32 bits there, as pgjob's C layer does too: -1 is every flag, 2**40 none.)
-        for position, value, allowed in ((1, application_name, "str or None"),
-                                         (6, creation_flags, "int")):
-            if not (isinstance(value, int) if allowed == "int"
-                    else value is None or isinstance(value, str)):
-                raise TypeError(f"CreateProcess() argument {position} must be {allowed}, not "
-                                + ("None" if value is None else type(value).__name__))
+        if application_name is not None and not isinstance(application_name, str):
+            raise _bad_argument(1, "str or None", application_name)
+        if not isinstance(creation_flags, int):
+            raise _bad_argument(6, "int", creation_flags)
         si = startupinfo
         attribute_list = getattr(si, "lpAttributeList", None) or {}
         handle_list = attribute_list.get("handle_list") or None
@@ -299,9 +303,9 @@ class WindowsJob(JobBackend):
         limits = c.QueryJobExtendedLimits(self.handle)
         peak_process, peak_job = limits[4], limits[5]
         return _records.JobStats(active_processes=active, total_processes=total,
-                        terminated_processes=terminated, user_time=user / 1e7,
-                        kernel_time=kernel / 1e7, peak_process_memory=peak_process,
-                        peak_job_memory=peak_job, read_bytes=read, write_bytes=write)
+                                 terminated_processes=terminated, user_time=user / 1e7,
+                                 kernel_time=kernel / 1e7, peak_process_memory=peak_process,
+                                 peak_job_memory=peak_job, read_bytes=read, write_bytes=write)
 
     def next_event(self, timeout: Optional[float]) -> Optional[JobEvent]:
         ms = 0xFFFFFFFE if timeout is None else min(int(timeout * 1000), 0xFFFFFFFE)
