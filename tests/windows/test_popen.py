@@ -112,6 +112,16 @@ def test_pgjob_popen_without_job_makes_a_private_job(reaper):
     assert p.job.closed
 
 
+def outcome(spawn, argv, **kwargs):
+    """What spawn(argv, **kwargs) did, comparable between subprocess.Popen and job.popen:
+    ("ran", its stdout), or the exception's class, message and winerror."""
+    try:
+        p = spawn(argv, stdout=subprocess.PIPE, text=True, **kwargs)
+    except (OSError, TypeError, ValueError) as exc:
+        return (type(exc), str(exc), getattr(exc, "winerror", None))
+    return ("ran", p.communicate(timeout=60)[0])
+
+
 # Environments that fail (or not) in _winapi in an order-dependent way: names are checked
 # (type, emptiness) in insertion order first, then every pair in case-insensitive sorted order.
 BAD_ENVIRONMENTS = [
@@ -127,15 +137,8 @@ def test_environment_fails_exactly_like_subprocess(job, extra):
     subprocess.Popen does, with the same exception class, message and winerror."""
     env = dict(os.environ)
     env.update(extra)
-    outcomes = []
-    for spawn in (subprocess.Popen, job.popen):
-        try:
-            p = spawn([PY, "-c", "import os; print(os.environ.get('A'))"], env=env,
-                      stdout=subprocess.PIPE, text=True)
-            outcomes.append(("ran", p.communicate(timeout=60)[0]))
-        except (OSError, TypeError, ValueError) as exc:
-            outcomes.append((type(exc), str(exc), getattr(exc, "winerror", None)))
-    assert outcomes[0] == outcomes[1]
+    argv = [PY, "-c", "import os; print(os.environ.get('A'))"]
+    assert outcome(job.popen, argv, env=env) == outcome(subprocess.Popen, argv, env=env)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -146,9 +149,6 @@ def test_environment_fails_exactly_like_subprocess(job, extra):
 def test_bad_arguments_fail_in_winapis_order(job, kwargs):
     """The full-size fuzz's find: _winapi converts its arguments before it reads the
     environment, so a bad creationflags wins over a bad env, with _winapi's own message."""
-    outcomes = []
-    for spawn in (subprocess.Popen, job.popen):
-        with pytest.raises(Exception) as info:
-            spawn([PY, "-c", "pass"], **kwargs)
-        outcomes.append((type(info.value), str(info.value)))
-    assert outcomes[0] == outcomes[1]
+    plain = outcome(subprocess.Popen, [PY, "-c", "pass"], **kwargs)
+    assert plain[0] is TypeError
+    assert outcome(job.popen, [PY, "-c", "pass"], **kwargs) == plain
