@@ -35,31 +35,22 @@ def sleeper(seconds):
     return ["sleep", str(seconds)]
 
 
-_WINE_1359 = {"plain": 0, "pgjob": 0}
-
-
 def spawn_member(spawn, argv, **kwargs):
     """spawn(argv, stdout=DEVNULL, **kwargs) for a well-formed argv: a member or a helper
-    process, never the fuzzed input.
-
-    Under Wine 8, CreateProcess now and then fails with winerror 1359 (ERROR_INTERNAL_ERROR:
-    wineserver saw the new process end before its start-up finished). Measured: 1 in 3,000
-    spawns under job churn, and on the plain subprocess.Popen side as well as job.popen's,
-    so it is Wine's, not pgjob's. One retry; both sides are counted (wine_1359_counts) and
-    printed in the STRESS lines, so a rate that is pgjob's own would show."""
+    process, never the fuzzed input."""
     kwargs.setdefault("stdout", subprocess.DEVNULL)
-    try:
-        return spawn(argv, **kwargs)
-    except OSError as exc:
-        if not (WINDOWS and exc.winerror == 1359):
-            raise
-        _WINE_1359["plain" if spawn is subprocess.Popen else "pgjob"] += 1
-        return spawn(argv, **kwargs)
+    return spawn(argv, **kwargs)
 
 
 def wine_1359_counts():
-    """For a STRESS line: how many spawns spawn_member retried, per side (Windows only)."""
-    return {f"wine_1359_retries_{side}": n for side, n in _WINE_1359.items()} if WINDOWS else {}
+    """For a STRESS line under Wine: how many spawns of this process failed with Wine's own
+    winerror 1359 and were retried, per side (plain subprocess, pgjob). The retry is
+    scripts/winepy's start-up hook (winepy_support/site/sitecustomize.py); printing the
+    counts per side shows whether the rate were ever pgjob's own."""
+    counts = getattr(sys.modules.get("sitecustomize"), "RETRIES", None)
+    if not WINDOWS or counts is None:
+        return {}
+    return {f"wine_1359_retries_{side}": n for side, n in counts.items()}
 
 
 def sized(ci, full):

@@ -95,15 +95,7 @@ def role_owner(args):
         cmd = child_command("holder", "--port", str(args.port), "--file", args.file)
     else:
         cmd = child_command(args.child)
-    try:
-        child = spawn(cmd, stdout=subprocess.PIPE, text=True, creationflags=flags)
-    except OSError as exc:
-        # Wine's CreateProcess fails now and then with 1359 (the new process ended during its
-        # start-up), plain subprocess as much as pgjob: harness noise, retried once, said.
-        if exc.winerror != 1359:
-            raise
-        print("actor: CreateProcess failed with winerror 1359, retrying once", file=sys.stderr)
-        child = spawn(cmd, stdout=subprocess.PIPE, text=True, creationflags=flags)
+    child = spawn(cmd, stdout=subprocess.PIPE, text=True, creationflags=flags)
     if flags & 0x4:  # CREATE_SUSPENDED: it can't report anything; we report for it.
         members.append(child.pid)
     else:
