@@ -63,21 +63,25 @@ def sanitized(tmp_path_factory):
     return str(work / "pkg"), " ".join(runtimes)
 
 
-def no_aslr(argv):
-    """argv under setarch -R, where util-linux has it (the personality is inherited)."""
+def sanitized_argv(preload, argv):
+    """argv with the sanitizer runtimes preloaded and, where util-linux's setarch exists,
+    without address-space randomization (the personality is inherited). setarch runs first
+    and env sets LD_PRELOAD after it: no process may load the ASan runtime before the
+    personality is in place, or setarch itself can be the one that loops."""
+    command = ["env", f"LD_PRELOAD={preload}", *argv]
     setarch = shutil.which("setarch")
-    return [setarch, platform.machine(), "-R", *argv] if setarch else list(argv)
+    return [setarch, platform.machine(), "-R", *command] if setarch else command
 
 
 def run_sanitized(sanitized, argv, timeout):
     pythonpath, preload = sanitized
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pythonpath, HERE]), LD_PRELOAD=preload,
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pythonpath, HERE]),
                PYTHONDONTWRITEBYTECODE="1", PGJOB_STRESS="ci", PGJOB_STRESS_REPORT="",
                # Python itself leaks by design at exit; halt on the first real report.
                ASAN_OPTIONS="detect_leaks=0:halt_on_error=1",
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
-    proc = subprocess.run(no_aslr(argv), env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(sanitized_argv(preload, argv), env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
     output = proc.stdout + proc.stderr
     reports = [line for line in output.splitlines()
                if "ERROR: AddressSanitizer" in line or "AddressSanitizer:DEADLYSIGNAL" in line
