@@ -11,11 +11,11 @@ the same stack trips over the stale marks: "stack-use-after-scope" in reset_sign
 and "stack-buffer-overflow" inside __asan_handle_no_return, both false positives
 (google/sanitizers#189, which ASan itself warns about at run time).
 Why setarch -R (no address-space randomization for the sanitized process and its children):
-on a kernel with vm.mmap_rnd_bits=32 (the default of recent distribution kernels) gcc 12's
-ASan runtime faults at start-up in some processes and then loops printing
-"AddressSanitizer:DEADLYSIGNAL" forever (google/sanitizers#1614): seen here as a /bin/true
-member spinning at 100% CPU, and in CI as a failed run. Randomization changes nothing the
-sanitizers check."""
+on a kernel with vm.mmap_rnd_bits=32 (Ubuntu's default since 23.10; this machine has 28)
+gcc 12's ASan runtime faults at start-up in some processes and then loops printing
+"AddressSanitizer:DEADLYSIGNAL" forever (google/sanitizers#1614): seen here, with the sysctl
+set to 32, as a /bin/true member spinning at 100% CPU; the likely cause of a failed CI run.
+Randomization changes nothing the sanitizers check."""
 import os
 import platform
 import shutil
