@@ -1,10 +1,12 @@
 """Helpers every suite shares (Linux, Windows under Wine, CLI, PostgreSQL, stress): a
-deadline wait and a deadline-bounded reader of a child's JSON lines.
+deadline wait, a deadline-bounded reader of a child's JSON lines, and (Linux) a search of
+/proc for the processes that carry a marker argument.
 
 Importable as `proc_helpers` from any test module: tests/conftest.py lives beside this file,
 and pytest's default (prepend) import mode puts its folder on sys.path.
 """
 import json
+import os
 import queue
 import subprocess
 import threading
@@ -23,6 +25,25 @@ def wait_until(predicate, timeout=10.0):
             return value
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.05)
+
+
+def pids_with_argument(argument, exclude=()):
+    """Linux: host pids of the processes with `argument` (str) as one of their argv entries,
+    except the pids in `exclude` (a zombie's cmdline reads empty: it is never found). A test marks every process it starts with such an argument, so this
+    finds them again wherever they went: reparented daemons, another PID namespace."""
+    needle = argument.encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue  # exited while we listed /proc
+        if needle in argv:
+            found.append(int(entry))
+    return sorted(found)
 
 
 class LineReader:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import pgjob
-from proc_helpers import LineReader, wait_until
+from proc_helpers import LineReader, pids_with_argument, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ACTOR = os.path.join(HERE, "cli_actor.py")
@@ -114,19 +114,7 @@ else:
 
     def token_pids(token):
         """Host pids of the live processes whose command line contains `token`."""
-        needle = token.encode()
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmdline = f.read().split(b"\0")
-            except OSError:
-                continue  # exited while we listed /proc
-            if needle in cmdline and alive(int(entry)):
-                found.append(int(entry))
-        return sorted(found)
+        return [pid for pid in pids_with_argument(token) if alive(pid)]
 
 
 def wait_gone(pids, timeout=GONE_WITHIN):

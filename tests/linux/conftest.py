@@ -39,8 +39,6 @@ def alive(proc):
     return start_time(pid) == started
 
 
-
-
 def kill_quietly(pid):
     try:
         os.kill(pid, signal.SIGKILL)

@@ -17,6 +17,10 @@ import time
 
 import pgjob
 
+# tests/ (this file's parent folder's parent) for the helpers the suites share.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from proc_helpers import pids_with_argument  # noqa: E402
+
 mechanism, scenario, ready_dir = sys.argv[1:4]
 log_lines = []
 
@@ -97,18 +101,7 @@ def started_for_this_owner():
     as an argument, and so does anything it forks. This finds a setsid daemon that was
     reparented away from our tree (the plain control, pdeathsig), which descendants() can't,
     so the test can count it and kill it instead of leaking it onto the machine."""
-    needle = ready_dir.encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue  # exited while we listed /proc
-            if needle in argv:
-                found.append(int(name))
-    return found
+    return pids_with_argument(ready_dir, exclude={os.getpid()})
 
 
 def all_in_namespace_of(pid):

@@ -66,5 +66,3 @@ def report(name, **counts):
     if path:
         with open(path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
-
-
