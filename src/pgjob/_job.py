@@ -63,7 +63,10 @@ class Job:
     its owner dies by any means, the OS kills every member.
 
     `mechanism` tells what protects you: "job_object" (Windows), "pid_namespace" or
-    "pdeathsig" (Linux), or "none" when the OS refused and on_unavailable="log".
+    "pdeathsig" (Linux), or "none" (asked for, or the OS refused the default and
+    on_unavailable="log"; a named mechanism or a limit is never downgraded).
+
+    A Job belongs to the process that created it: in a child of os.fork() it is inert.
     """
 
     def __init__(
