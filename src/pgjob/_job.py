@@ -7,6 +7,7 @@ The OS work is delegated to exactly one backend module, chosen once at import.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import numbers
 import os
@@ -101,7 +102,11 @@ class Job:
         )
         self._mechanism = "none"
         if self._options.mechanism == "none":
-            # Asked for by name: no backend involved, nothing to fall back from.
+            # Asked for by name: no backend involved, nothing to fall back from. It enforces
+            # no limit, and an unenforced limit must not pass silently.
+            if self._options.has_limits:
+                raise UnsupportedError(errno.EOPNOTSUPP,
+                                       "mechanism 'none' can't enforce job limits")
             impl: JobBackend = _unprotected.UnprotectedJob(self._options)
         else:
             impl = self._open_backend()
@@ -133,7 +138,8 @@ class Job:
 
     @property
     def closed(self) -> bool:
-        return self._impl is None
+        # In a child of os.fork() the Job is the parent's: closed here, hook or no hook.
+        return self._impl is None or self._owner != os.getpid()
 
     @property
     def options(self) -> JobOptions:
@@ -149,7 +155,8 @@ class Job:
                                      f"{self._owner}; in process {os.getpid()} (made by "
                                      "os.fork()) it is inert")
         if self._gone_reason is not None:
-            return JobClosedError(9, f"cannot {operation}: the job is closed ({self._gone_reason})")
+            return JobClosedError(9, f"cannot {operation}: the job is closed "
+                                     f"({self._gone_reason})")
         return JobClosedError(9, f"cannot {operation}: the job is closed")
 
     @contextlib.contextmanager

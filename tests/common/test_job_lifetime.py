@@ -198,3 +198,11 @@ def test_mechanism_none_by_name_is_none_without_a_warning(caplog):
             with job.popen([sys.executable, "-c", "pass"]) as p:
                 assert p.wait(60) == 0 and p.spawn_path == "plain"
     assert not [r for r in caplog.records if r.name == "pgjob"]
+
+
+@pytest.mark.parametrize("mechanism", [None, "none"])
+def test_limits_with_mechanism_none_are_refused_not_ignored(mechanism):
+    if mechanism is None and sys.platform == "win32":
+        pytest.skip("Windows enforces limits with mechanism=None")
+    with pytest.raises(pgjob.UnsupportedError):
+        pgjob.Job(mechanism=mechanism, process_limit=5)
