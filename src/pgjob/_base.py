@@ -165,8 +165,10 @@ class JobBackend:
     def execute_child(self, popen, execute_child, args: Tuple) -> None:
         """Start popen's child as a member, from inside Popen._execute_child.
 
-        `execute_child` is subprocess.Popen._execute_child (unbound); `args` are the
-        arguments Popen passed to it, whatever this Python version's signature is.
+        `execute_child` is the next _execute_child in the Popen's MRO (subprocess.Popen's,
+        unbound: never looked up as `subprocess.Popen._execute_child`, which may be pgjob's
+        own after `subprocess.Popen = pgjob.Popen`); `args` are the arguments Popen passed
+        to it, whatever this Python version's signature is.
         """
         raise NotImplementedError
 

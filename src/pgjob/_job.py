@@ -7,12 +7,15 @@ The OS work is delegated to exactly one backend module, chosen once at import.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import numbers
+import os
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from . import _errors
@@ -61,7 +64,10 @@ class Job:
     its owner dies by any means, the OS kills every member.
 
     `mechanism` tells what protects you: "job_object" (Windows), "pid_namespace" or
-    "pdeathsig" (Linux), or "none" when the OS refused and on_unavailable="log".
+    "pdeathsig" (Linux), or "none" (asked for, or the OS refused the default and
+    on_unavailable="log"; a named mechanism or a limit is never downgraded).
+
+    A Job belongs to the process that created it: in a child of os.fork() it is inert.
     """
 
     def __init__(
@@ -82,8 +88,11 @@ class Job:
         # Set first: __del__ runs even when validation below raises.
         self._impl: Optional[JobBackend] = None
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when the last borrower returns
         self._users = 0
         self._release_pending = False
+        self._owner = os.getpid()
+        self._gone_reason: Optional[str] = None  # why the Job closed itself, if it did
         self._options = JobOptions(
             kill_on_close=kill_on_close, name=name, breakaway=breakaway,
             silent_breakaway=silent_breakaway, die_on_unhandled_exception=die_on_unhandled_exception,
@@ -92,21 +101,33 @@ class Job:
             mechanism=mechanism,
         )
         self._mechanism = "none"
+        if self._options.mechanism == "none":
+            # Asked for by name: no backend involved, nothing to fall back from. It enforces
+            # no limit, and an unenforced limit must not pass silently.
+            if self._options.has_limits:
+                raise UnsupportedError(errno.EOPNOTSUPP,
+                                       "mechanism 'none' can't enforce job limits")
+            impl: JobBackend = _unprotected.UnprotectedJob(self._options)
+        else:
+            impl = self._open_backend()
+        self._impl = impl
+        self._mechanism = impl.mechanism
+        _LIVE_JOBS.add(self)
+
+    def _open_backend(self) -> JobBackend:
         try:
-            impl = _backend.open_job(self._options)
+            return _backend.open_job(self._options)
         except OSError as exc:
             err = _errors.classify(exc, "create")
-            # A job with limits never falls back: "none" can't enforce them, and an
-            # unenforced limit must not pass silently.
+            # Never a silent downgrade: a job with limits ("none" can't enforce them) or a
+            # mechanism asked for by name raises whatever on_unavailable says.
             if (not isinstance(err, _UNAVAILABLE) or self._options.on_unavailable == "raise"
-                    or self._options.has_limits):
+                    or self._options.has_limits or self._options.mechanism is not None):
                 if err is exc:
                     raise
                 raise err from exc
             _log_unprotected("could not create a job", err)
-            impl = _unprotected.UnprotectedJob(self._options)
-        self._impl = impl
-        self._mechanism = impl.mechanism
+            return _unprotected.UnprotectedJob(self._options)
 
     # -- state -------------------------------------------------------------------------
 
@@ -117,7 +138,8 @@ class Job:
 
     @property
     def closed(self) -> bool:
-        return self._impl is None
+        # In a child of os.fork() the Job is the parent's: closed here, hook or no hook.
+        return self._impl is None or self._owner != os.getpid()
 
     @property
     def options(self) -> JobOptions:
@@ -127,26 +149,44 @@ class Job:
         state = "closed" if self.closed else "open"
         return f"<pgjob.Job {state} mechanism={self._mechanism!r} kill_on_close={self._options.kill_on_close}>"
 
+    def _closed_error(self, operation: str) -> JobClosedError:
+        if self._owner != os.getpid():
+            return JobClosedError(9, f"cannot {operation}: this Job belongs to process "
+                                     f"{self._owner}; in process {os.getpid()} (made by "
+                                     "os.fork()) it is inert")
+        if self._gone_reason is not None:
+            return JobClosedError(9, f"cannot {operation}: the job is closed "
+                                     f"({self._gone_reason})")
+        return JobClosedError(9, f"cannot {operation}: the job is closed")
+
     @contextlib.contextmanager
     def _use(self, operation: str) -> Iterator[JobBackend]:
         """Borrow the backend for one operation; classify what it raises.
 
-        close() from another thread while we are inside only marks the job closed; the OS
-        handle is released when the last borrower returns, so a handle value is never
-        reused under a running syscall.
+        close() or detach() from another thread while we are inside only marks the job
+        closed; the OS handle is released when the last borrower returns, so a handle value
+        is never reused under a running syscall.
         """
+        if self._owner != os.getpid():
+            # A fork whose at-fork hook did not run (a raw fork syscall): inert all the same.
+            self._forget_after_fork()
         with self._lock:
             impl = self._impl
             if impl is None:
-                raise JobClosedError(9, f"cannot {operation}: the job is closed")  # EBADF
+                raise self._closed_error(operation)
             self._users += 1
         try:
             yield impl
+        except JobClosedError as exc:
+            self._gone(impl, exc)
+            raise
         except JobError:
             raise
         except OSError as exc:
             # (A target that exited mid-call is detected by the backend, at the lowest layer.)
             err = _errors.classify(exc, operation)
+            if isinstance(err, JobClosedError):
+                self._gone(impl, err)
             if err is exc:
                 raise
             raise err from exc
@@ -156,14 +196,31 @@ class Job:
                 release = self._users == 0 and self._release_pending
                 if release:
                     self._release_pending = False
+                if self._users == 0:
+                    self._idle.notify_all()
             if release:
-                impl.close()
+                try:
+                    impl.close()
+                except OSError as exc:  # an object already gone can fail to close: say so, go on
+                    logger.debug("releasing the job's OS object: %s", exc)
+
+    def _gone(self, impl: JobBackend, err: BaseException) -> None:
+        """The backend says its OS object is gone (a namespace's init was killed, a handle
+        closed behind our back): the Job closes itself, once, and says so."""
+        with self._lock:
+            if self._impl is not impl:
+                return  # closed or detached meanwhile, or already noted by another thread
+            self._impl = None
+            self._gone_reason = f"its OS object is gone: {err.strerror or err}"
+            self._release_pending = True  # released by the last borrower (at least us)
+        logger.warning("the job (mechanism=%s) can no longer be used: %s; it is closed now",
+                       self._mechanism, err.strerror or err)
 
     # -- membership ------------------------------------------------------------------------
 
-    def popen(self, args: Any, **popen_kwargs: Any) -> "Popen":
+    def popen(self, *args: Any, **popen_kwargs: Any) -> "Popen":
         """Start a process in this job; same arguments as subprocess.Popen."""
-        return Popen(args, job=self, **popen_kwargs)
+        return Popen(*args, job=self, **popen_kwargs)
 
     def assign(self, target: Any) -> None:
         """Make a running process a member: a Popen, a pid, or a pgjob.ProcessHandle."""
@@ -224,8 +281,10 @@ class Job:
         (None: until the job is closed). Notifications may be dropped by the OS under load:
         use wait()/pids() for decisions, events for observation."""
         timeout = _check_timeout(timeout)
+        if self._owner != os.getpid():
+            self._forget_after_fork()
         if self.closed:
-            raise JobClosedError(9, "cannot read events: the job is closed")
+            raise self._closed_error("read events")
         return self._events(timeout)
 
     def _events(self, timeout: Optional[float]) -> Iterator[JobEvent]:
@@ -245,10 +304,27 @@ class Job:
                 return
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        """Block until no member is left; True if so, False if `timeout` seconds passed first."""
+        """Block until no member is left; True if so, False if `timeout` seconds passed first
+        or another thread closed or detached the Job meanwhile."""
         timeout = _check_timeout(timeout)
-        with self._use("wait") as impl:
-            return impl.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        first = True
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # In slices, as events(): close() or detach() from another thread must not wait
+            # for the members to exit before it can release the OS object.
+            chunk = 0.25 if remaining is None else min(remaining, 0.25)
+            try:
+                with self._use("wait") as impl:
+                    if impl.wait(chunk):
+                        return True
+            except JobClosedError:
+                if first:
+                    raise
+                return False
+            first = False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -259,8 +335,11 @@ class Job:
         protect_children()), closing the last handle would kill this very process. close()
         then only marks the Job closed and keeps the OS handle open until the process exits,
         exactly like the PostgreSQL patch does on purpose; the protection stays in force.
-        Idempotent; safe to call from any thread.
+        Idempotent; safe to call from any thread. In a process made by os.fork() the Job
+        is inert: close() there does nothing (the OS object is the parent's).
         """
+        if self._owner != os.getpid():
+            self._forget_after_fork()
         with self._lock:
             impl = self._impl
             if impl is None:
@@ -279,17 +358,27 @@ class Job:
 
     def detach(self) -> Optional[int]:
         """Stop owning the OS object without closing it; return its raw handle (Windows) or
-        None. The members are no longer killed when this Job is closed or collected."""
+        None. The members are no longer killed when this Job is closed or collected.
+
+        Other threads inside events(), wait() or terminate() finish their call first (events
+        and wait return within a quarter of a second, as after close()); the descriptors
+        are released after that, never under a running syscall."""
+        if self._owner != os.getpid():
+            self._forget_after_fork()
         with self._lock:
             impl = self._impl
             if impl is None:
-                raise JobClosedError(9, "cannot detach: the job is closed")
+                raise self._closed_error("detach")
             self._impl = None
+            while self._users:
+                self._idle.wait()
         return impl.detach()
 
     def __enter__(self) -> "Job":
+        if self._owner != os.getpid():
+            self._forget_after_fork()
         if self.closed:
-            raise JobClosedError(9, "cannot enter a closed job")
+            raise self._closed_error("enter the job")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -303,6 +392,21 @@ class Job:
         except Exception:
             pass
 
+    def _forget_after_fork(self) -> None:
+        """In the child of os.fork(): the OS object is the parent's. Drop it without
+        touching it (no kill, no detach, no close of what the parent still uses), so that
+        nothing this process does can reach the parent's members."""
+        impl, self._impl = self._impl, None
+        # The parent's lock may have been held by a thread that does not exist here.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._users = 0
+        self._release_pending = False
+        if impl is not None:
+            # Kept, never collected: a backend's cleanup would act on the parent's objects.
+            # Its descriptors are close-on-exec, so a program this process execs has none.
+            _INHERITED_FROM_PARENT.append(impl)
+
     # -- used by Popen and protect_children ---------------------------------------------------
 
     def _replace_with_unprotected(self) -> None:
@@ -312,9 +416,9 @@ class Job:
         if old is not None:
             old.close()
 
-    def _execute_child(self, popen: "Popen", args: tuple) -> None:
+    def _execute_child(self, popen: "Popen", execute_child: Any, args: tuple) -> None:
         with self._use("spawn") as impl:
-            impl.execute_child(popen, subprocess.Popen._execute_child, args)
+            impl.execute_child(popen, execute_child, args)
         logger.debug("spawned pid %s in the job (%s)", popen.pid,
                      getattr(popen, "spawn_path", None) or self._mechanism)
 
@@ -322,34 +426,61 @@ class Job:
 # Jobs that hold the current process: closing them would kill us, so they live until exit.
 _KEPT_FOR_PROCESS_LIFETIME: list = []
 
+# Every open Job of this process, so that a child of os.fork() can make its copies inert.
+_LIVE_JOBS: "weakref.WeakSet[Job]" = weakref.WeakSet()
+# In a forked child: the parent's backends, which must neither act nor be collected here.
+_INHERITED_FROM_PARENT: list = []
+
+
+def _after_fork_in_child() -> None:
+    try:
+        jobs = list(_LIVE_JOBS)
+    except Exception:  # a set another thread was changing at fork time: nothing to lose
+        jobs = []
+    for job in jobs:
+        job._forget_after_fork()
+    # The parent's dropped Popens are the parent's to sweep.
+    del _DROPPED_POPENS[:]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class Popen(subprocess.Popen):
     """subprocess.Popen whose child is a member of `job` before it runs its first instruction.
 
-    Everything subprocess.Popen accepts works the same. Without `job`, a private
-    kill-on-close job is made for this child (`p.job`): it is closed when the Popen's `with`
-    block ends, or when the Popen object is garbage-collected, and the tree dies with it.
-    Keep a reference for as long as the child should live.
+    Everything subprocess.Popen accepts works the same, positional arguments included, plus
+    the keyword-only `job`. Without `job`, a private kill-on-close job is made for this child
+    (`p.job`): it is closed when the Popen's `with` block ends, and the tree dies with it.
+    Dropping the Popen does not kill the child, as with subprocess.Popen: the private job
+    stays until the child has exited (it is closed then, killing what the child left
+    behind), and still kills the tree if this process dies first.
     """
 
-    def __init__(self, args: Any, *, job: Optional[Job] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, job: Optional[Job] = None, **kwargs: Any) -> None:
         if job is not None and not isinstance(job, Job):
             raise TypeError(f"job must be a pgjob.Job, not {type(job).__name__}")
+        _sweep_dropped_popens()
         self._owns_job = job is None
         self.job = Job() if job is None else job
-        #: How the child joined the job: "job_list", "suspended", "clone" ... (backend-specific)
+        #: How the child joined the job: "setns", "vfork_pdeathsig" (Linux), "job_list",
+        #: "suspended" (Windows) or "plain" (mechanism "none").
         self.spawn_path: Optional[str] = None
         try:
             if self.job.closed:
-                raise JobClosedError(9, "cannot start a process in a closed job")
-            super().__init__(args, **kwargs)
+                raise self.job._closed_error("start a process")
+            super().__init__(*args, **kwargs)
         except BaseException:
             if self._owns_job:
                 self.job.close()
             raise
 
     def _execute_child(self, *args: Any) -> None:  # type: ignore[override]
-        self.job._execute_child(self, args)
+        # The next _execute_child in the MRO, not subprocess.Popen's attribute: after
+        # `subprocess.Popen = pgjob.Popen` that would be this very method.
+        execute_child = super()._execute_child.__func__  # type: ignore[attr-defined]
+        self.job._execute_child(self, execute_child, args)
 
     def resume(self) -> None:
         """Let a child started with CREATE_SUSPENDED (Windows) run."""
@@ -364,6 +495,37 @@ class Popen(subprocess.Popen):
         finally:
             if self._owns_job:
                 self.job.close()
+
+    def __del__(self, *args: Any, **kwargs: Any) -> None:
+        # subprocess's rule: dropping a Popen never kills its child (on POSIX it keeps the
+        # object in subprocess._active; on Windows it lets it go). Keep a running child's
+        # private job alive with it, on every system, until a later Popen sees it exited.
+        try:
+            super().__del__(*args, **kwargs)
+            if (getattr(self, "_owns_job", False) and getattr(self, "_child_created", False)
+                    and self.returncode is None and not self.job.closed):
+                _DROPPED_POPENS.append(self)
+        except Exception:
+            pass  # a finalizer never raises (and at shutdown, modules may be half gone)
+
+
+# Popens dropped while their child ran, kept with their private job (like subprocess._active).
+_DROPPED_POPENS: list = []
+
+
+def _sweep_dropped_popens() -> None:
+    """Let go of the dropped Popens whose child has exited: their private job is closed
+    when they are collected. list.remove and the slice copy are atomic under the GIL."""
+    for popen in _DROPPED_POPENS[:]:
+        try:
+            exited = popen.poll() is not None
+        except Exception:
+            exited = True
+        if exited:
+            try:
+                _DROPPED_POPENS.remove(popen)
+            except ValueError:
+                pass  # another thread swept it
 
 
 def protect_children(**job_options: Any) -> Job:

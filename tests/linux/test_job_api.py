@@ -58,9 +58,9 @@ def test_forced_mechanism(job_factory, mechanism):
 def test_job_object_mechanism_is_refused(job_factory, caplog):
     with pytest.raises(pgjob.UnsupportedError):
         job_factory(mechanism="job_object", on_unavailable="raise")
-    with caplog.at_level(logging.WARNING, logger="pgjob"):
-        assert job_factory(mechanism="job_object").mechanism == "none"
-    assert "orphan protection is off" in caplog.text
+    # A named mechanism is never downgraded, whatever on_unavailable says (docs/api.md).
+    with pytest.raises(pgjob.UnsupportedError):
+        job_factory(mechanism="job_object")
 
 
 def test_fallback_logs_what_failed_and_what_remains(job_factory, no_namespaces, caplog):
@@ -82,10 +82,9 @@ def test_fallback_refused_with_on_unavailable_raise(job_factory, no_namespaces):
 
 
 def test_forced_pid_namespace_unavailable_is_not_silently_downgraded(job_factory, no_namespaces, caplog):
-    with caplog.at_level(logging.WARNING, logger="pgjob"):
-        job = job_factory(mechanism="pid_namespace")
-    assert job.mechanism == "none"
-    assert "orphan protection is off" in caplog.text
+    # A named mechanism is never downgraded, whatever on_unavailable says (docs/api.md).
+    with pytest.raises(pgjob.UnsupportedError, match="clone3"):
+        job_factory(mechanism="pid_namespace")
 
 
 def test_limits_are_refused_not_ignored(job_factory):

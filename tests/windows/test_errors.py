@@ -202,8 +202,9 @@ def test_assign_race_with_exit_is_process_exited(monkeypatch, job):
 def test_linux_mechanism_on_windows():
     with pytest.raises(pgjob.UnsupportedError):
         pgjob.Job(mechanism="pid_namespace", on_unavailable="raise")
-    with pgjob.Job(mechanism="pid_namespace") as job:  # default on_unavailable="log"
-        assert job.mechanism == "none"
+    # A named mechanism is never downgraded, whatever on_unavailable says (docs/api.md).
+    with pytest.raises(pgjob.UnsupportedError):
+        pgjob.Job(mechanism="pid_namespace")  # default on_unavailable="log"
 
 
 @pytest.mark.parametrize("winerror", [_jobobject.ERROR_NOT_SUPPORTED,
