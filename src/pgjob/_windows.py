@@ -96,8 +96,11 @@ def _check_popen_interface() -> Optional[str]:
     for i, ins in enumerate(instructions):
         if ins.argval != "CreateProcess" or ins.opname not in ("LOAD_ATTR", "LOAD_METHOD"):
             continue
-        depth = 0  # stack items pushed since the callable
-        for later in instructions[i + 1:]:
+        depth = 0  # stack items pushed since the callable (and its NULL, in 3.13+)
+        following = instructions[i + 1:]
+        if following and following[0].opname == "PUSH_NULL":
+            following = following[1:]
+        for later in following:
             if later.opname in calls and depth == later.arg:
                 counts.append(later.arg)
                 break
