@@ -92,7 +92,7 @@ def _check_popen_interface() -> Optional[str]:
     import dis  # only here: the stack arithmetic below is what dis knows per version
     calls = ("CALL", "CALL_FUNCTION", "CALL_METHOD", "PRECALL")
     instructions = list(dis.get_instructions(code))
-    counts = []
+    counts: list = []
     for i, ins in enumerate(instructions):
         if ins.argval != "CreateProcess" or ins.opname not in ("LOAD_ATTR", "LOAD_METHOD"):
             continue
@@ -406,8 +406,6 @@ class WindowsJob(JobBackend):
                 raise
         try:
             c.AssignProcessToJobObject(self.handle, handle)
-            if pid:
-                self.hold_member(pid, handle)
         except OSError as exc:
             # A process that exited between the caller's decision and our call can't be
             # assigned (ACCESS_DENIED); that benign race is reported as ProcessExitedError.
@@ -415,6 +413,14 @@ class WindowsJob(JobBackend):
                 raise ProcessExitedError(exc.errno, f"process {pid or handle} has exited", None,
                                          exc.winerror) from exc
             raise
+        else:
+            if pid:
+                try:
+                    self.hold_member(pid, handle)
+                except OSError:
+                    # A caller's handle may lack the rights to copy with SYNCHRONIZE: the
+                    # process is a member all the same; its exit event has no exit code.
+                    pass
         finally:
             if opened is not None:
                 _winapi.CloseHandle(opened)

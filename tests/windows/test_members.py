@@ -11,7 +11,7 @@ import pytest
 
 import pgjob
 from pgjob import EventKind, _jobobject, _windows
-from conftest import WINE_VERSION, actor_command
+from conftest import actor_command
 
 PY = sys.executable
 
