@@ -45,11 +45,15 @@ static PyMethodDef jobobject_methods[] = {
      "    std_input, std_output, std_error, handle_list, job, use_job_list)\n"
      "-> (process_handle, thread_handle, pid, tid, path)\n\n"
      "The child is a member of `job` before its first instruction runs; `path` is 'job_list'\n"
-     "or 'suspended'. It stays suspended only if creation_flags has CREATE_SUSPENDED."},
+     "or 'suspended'. It stays suspended only if creation_flags has CREATE_SUSPENDED.\n"
+     "An OSError from a CreateProcessW call that carried the job list has .job_list = True."},
     {"ResumeThread", win_ResumeThread, METH_VARARGS,
      "ResumeThread(thread_handle) -> int: the previous suspend count."},
     {"JobListSupported", win_JobListSupported, METH_NOARGS,
-     "JobListSupported() -> bool: does UpdateProcThreadAttribute accept PROC_THREAD_ATTRIBUTE_JOB_LIST?"},
+     "JobListSupported() -> bool: does UpdateProcThreadAttribute accept PROC_THREAD_ATTRIBUTE_JOB_LIST?\n\n"
+     "False only for the system's ERROR_NOT_SUPPORTED; any other failure is raised."},
+    {"CompareStringOrdinal", win_CompareStringOrdinal, METH_VARARGS,
+     "CompareStringOrdinal(a, b, ignore_case) -> CSTR_LESS_THAN | CSTR_EQUAL | CSTR_GREATER_THAN"},
 #endif
 #ifdef __linux__
     /* linux_spawn.c */
@@ -107,10 +111,16 @@ jobobject_exec(PyObject *module)
     ADD_INT(JOB_OBJECT_MSG_ABNORMAL_EXIT_PROCESS);
     ADD_INT(JOB_OBJECT_MSG_PROCESS_MEMORY_LIMIT);
     ADD_INT(JOB_OBJECT_MSG_JOB_MEMORY_LIMIT);
+    ADD_INT(JOB_OBJECT_MSG_NOTIFICATION_LIMIT);
+    /* CompareStringOrdinal results */
+    ADD_INT(CSTR_LESS_THAN);
+    ADD_INT(CSTR_EQUAL);
+    ADD_INT(CSTR_GREATER_THAN);
     /* Creation flags the Python layer reasons about */
     ADD_INT(CREATE_SUSPENDED);
     ADD_INT(CREATE_BREAKAWAY_FROM_JOB);
     ADD_INT(CREATE_NEW_PROCESS_GROUP);
+    ADD_INT(EXTENDED_STARTUPINFO_PRESENT);
     /* Error codes pgjob._errors.classify() maps to exception classes */
     ADD_INT(ERROR_ACCESS_DENIED);
     ADD_INT(ERROR_INVALID_HANDLE);

@@ -72,6 +72,12 @@ win_SetJobExtendedLimits(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT "kKKk:SetJobExtendedLimits", &job, &flags,
                           &process_memory, &job_memory, &active_processes))
         return NULL;
+    if ((unsigned long long)(SIZE_T)process_memory != process_memory ||
+        (unsigned long long)(SIZE_T)job_memory != job_memory) {
+        /* 32-bit Windows: SIZE_T is 32 bits; a silent truncation would set another limit. */
+        PyErr_SetString(PyExc_OverflowError, "memory limit does not fit in SIZE_T");
+        return NULL;
+    }
     ZeroMemory(&info, sizeof(info));
     info.BasicLimitInformation.LimitFlags = (DWORD)flags;
     info.BasicLimitInformation.ActiveProcessLimit = (DWORD)active_processes;

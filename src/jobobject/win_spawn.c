@@ -9,13 +9,17 @@
 #endif
 
 /* Build an attribute list carrying the handle list and/or the job list; NULL with an
- * exception set on failure, or with *count == 0 when none is needed. */
+ * exception set on failure (and *error = the failed call's winerror, 0 if it was not a
+ * syscall), or with *count == 0 when none is needed. */
 static LPPROC_THREAD_ATTRIBUTE_LIST
-make_attribute_list(HANDLE *handles, DWORD n_handles, HANDLE *job, DWORD *count)
+make_attribute_list(HANDLE *handles, DWORD n_handles, HANDLE *job, DWORD *count, DWORD *error)
 {
     LPPROC_THREAD_ATTRIBUTE_LIST attrs;
     SIZE_T size = 0;
+    DWORD err;
+    const char *failed_call;
 
+    *error = 0;
     *count = (n_handles > 0 ? 1 : 0) + (job != NULL ? 1 : 0);
     if (*count == 0)
         return NULL;
@@ -27,27 +31,32 @@ make_attribute_list(HANDLE *handles, DWORD n_handles, HANDLE *job, DWORD *count)
         return NULL;
     }
     if (!InitializeProcThreadAttributeList(attrs, *count, 0, &size)) {
+        /* Read the code before PyMem_Free, which may call into the heap and reset it. */
+        *error = err = GetLastError();
         PyMem_Free(attrs);
-        pgjob_last_error("InitializeProcThreadAttributeList");
+        pgjob_oserror("InitializeProcThreadAttributeList", err);
         return NULL;
     }
     if (n_handles > 0 &&
         !UpdateProcThreadAttribute(attrs, 0, PROC_THREAD_ATTRIBUTE_HANDLE_LIST, handles,
                                    n_handles * sizeof(HANDLE), NULL, NULL)) {
-        DeleteProcThreadAttributeList(attrs);
-        PyMem_Free(attrs);
-        pgjob_last_error("UpdateProcThreadAttribute(PROC_THREAD_ATTRIBUTE_HANDLE_LIST)");
-        return NULL;
+        failed_call = "UpdateProcThreadAttribute(PROC_THREAD_ATTRIBUTE_HANDLE_LIST)";
+        goto fail;
     }
     if (job != NULL &&
         !UpdateProcThreadAttribute(attrs, 0, PROC_THREAD_ATTRIBUTE_JOB_LIST, job, sizeof(HANDLE),
                                    NULL, NULL)) {
-        DeleteProcThreadAttributeList(attrs);
-        PyMem_Free(attrs);
-        pgjob_last_error("UpdateProcThreadAttribute(PROC_THREAD_ATTRIBUTE_JOB_LIST)");
-        return NULL;
+        failed_call = "UpdateProcThreadAttribute(PROC_THREAD_ATTRIBUTE_JOB_LIST)";
+        goto fail;
     }
     return attrs;
+
+fail:
+    *error = err = GetLastError(); /* before the cleanup calls below can overwrite it */
+    DeleteProcThreadAttributeList(attrs);
+    PyMem_Free(attrs);
+    pgjob_oserror(failed_call, err);
+    return NULL;
 }
 
 static void
@@ -140,6 +149,33 @@ optional_wide(PyObject *obj, const char *what, int allow_nul, wchar_t **out)
     return 0;
 }
 
+/* Mark the pending OSError as raised by a CreateProcessW call that carried
+ * PROC_THREAD_ATTRIBUTE_JOB_LIST (.job_list = True), so Python can tell a refused job list
+ * from any other failure without reading the syscall's name. */
+static void
+mark_job_list_failure(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+    if (exc != NULL && PyObject_SetAttrString(exc, "job_list", Py_True) < 0) {
+        Py_DECREF(exc);
+        return; /* the new error (out of memory) replaces the old one */
+    }
+    PyErr_SetRaisedException(exc);
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && PyObject_SetAttrString(value, "job_list", Py_True) < 0) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return;
+    }
+    PyErr_Restore(type, value, tb);
+#endif
+}
+
 PyObject *
 win_CreateProcessInJob(PyObject *self, PyObject *args)
 {
@@ -177,24 +213,32 @@ win_CreateProcessInJob(PyObject *self, PyObject *args)
         optional_wide(cwd_obj, "current_directory", 0, &cwd) < 0 ||
         read_handle_list(handle_list_obj, &handles, &n_handles) < 0)
         goto done;
-    attrs = make_attribute_list(handles, n_handles, use_job_list ? &job_handle : NULL, &n_attrs);
+    attrs = make_attribute_list(handles, n_handles, use_job_list ? &job_handle : NULL, &n_attrs,
+                                &err);
     if (attrs == NULL && PyErr_Occurred())
         goto done;
 
+    /* The caller's own flags may already hold EXTENDED_STARTUPINFO_PRESENT (Popen passes
+     * creationflags through): CreateProcessW then reads a STARTUPINFOEXW, so cb must say so
+     * whether or not we have an attribute list, as _winapi.CreateProcess always does. */
+    flags = (DWORD)creation_flags | CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT |
+            (attrs != NULL ? EXTENDED_STARTUPINFO_PRESENT : 0);
     ZeroMemory(&si, sizeof(si));
-    si.StartupInfo.cb = attrs != NULL ? sizeof(si) : sizeof(si.StartupInfo);
+    si.StartupInfo.cb = (flags & EXTENDED_STARTUPINFO_PRESENT) ? sizeof(si)
+                                                                : sizeof(si.StartupInfo);
     si.StartupInfo.dwFlags = (DWORD)startup_flags;
     si.StartupInfo.wShowWindow = (WORD)show_window;
     si.StartupInfo.hStdInput = PGJOB_H(std_input);
     si.StartupInfo.hStdOutput = PGJOB_H(std_output);
     si.StartupInfo.hStdError = PGJOB_H(std_error);
+    si.lpAttributeList = attrs;
     ZeroMemory(&pi, sizeof(pi));
+    PGJOB_TRACE("CreateProcessW: cb=%lu flags=0x%lx attributes=%lu (handle list %lu, job list %d)",
+                (unsigned long)si.StartupInfo.cb, (unsigned long)flags, (unsigned long)n_attrs,
+                (unsigned long)n_handles, use_job_list);
 
     /* Always born suspended: even with JOB_LIST we verify membership before the child runs,
      * because an implementation may accept the attribute and ignore it. */
-    flags = (DWORD)creation_flags | CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT |
-            (attrs != NULL ? EXTENDED_STARTUPINFO_PRESENT : 0);
-
     Py_BEGIN_ALLOW_THREADS
     ok = CreateProcessW(app, cmd, NULL, NULL, inherit_handles ? TRUE : FALSE, flags, env, cwd,
                         &si.StartupInfo, &pi);
@@ -231,6 +275,8 @@ win_CreateProcessInJob(PyObject *self, PyObject *args)
 
     if (failed_call != NULL) {
         pgjob_oserror(failed_call, err);
+        if (!ok && use_job_list)
+            mark_job_list_failure();
         goto done;
     }
     PGJOB_TRACE("CreateProcessW pid=%lu via %s%s", (unsigned long)pi.dwProcessId, path,
@@ -259,18 +305,50 @@ win_JobListSupported(PyObject *self, PyObject *unused)
 {
     HANDLE probe = INVALID_HANDLE_VALUE;
     LPPROC_THREAD_ATTRIBUTE_LIST attrs;
-    DWORD count;
+    DWORD count, err;
 
     (void)self;
     (void)unused;
-    attrs = make_attribute_list(NULL, 0, &probe, &count);
+    attrs = make_attribute_list(NULL, 0, &probe, &count, &err);
     if (attrs == NULL) {
-        /* Windows before 10 rejects the attribute id; that is an answer, not an error. */
-        PyErr_Clear();
-        Py_RETURN_FALSE;
+        /* Windows before 10 rejects the attribute id with ERROR_NOT_SUPPORTED: that is the
+         * answer "unsupported". Any other failure (out of memory...) says nothing about the
+         * attribute and is raised, so that nobody caches it as an answer. */
+        if (err == ERROR_NOT_SUPPORTED) {
+            PyErr_Clear();
+            Py_RETURN_FALSE;
+        }
+        return NULL;
     }
     free_attribute_list(attrs);
     Py_RETURN_TRUE;
+}
+
+PyObject *
+win_CompareStringOrdinal(PyObject *self, PyObject *args)
+{
+    PyObject *a_obj, *b_obj;
+    wchar_t *a, *b;
+    int ignore_case, result;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "UUp:CompareStringOrdinal", &a_obj, &b_obj, &ignore_case))
+        return NULL;
+    /* As _winapi's environment de-duplication converts them: NUL inside is ValueError. */
+    a = PyUnicode_AsWideCharString(a_obj, NULL);
+    if (a == NULL)
+        return NULL;
+    b = PyUnicode_AsWideCharString(b_obj, NULL);
+    if (b == NULL) {
+        PyMem_Free(a);
+        return NULL;
+    }
+    result = CompareStringOrdinal(a, -1, b, -1, ignore_case ? TRUE : FALSE);
+    PyMem_Free(a);
+    PyMem_Free(b);
+    if (result == 0)
+        return pgjob_last_error("CompareStringOrdinal");
+    return PyLong_FromLong(result);
 }
 
 PyObject *

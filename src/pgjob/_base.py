@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["JobOptions", "EventKind", "JobBackend", "ProcessHandle"]
 
 MECHANISMS = ("job_object", "pid_namespace", "pdeathsig", "none")
+# The kernel object namespaces a job name may start with (CreateJobObjectW).
+_NAME_PREFIXES = ("Global\\", "Local\\")
 
 
 class ProcessHandle(int):
@@ -106,8 +108,16 @@ class JobOptions:
         if self.name is not None:
             if not isinstance(self.name, str):
                 raise TypeError(f"name must be str or None, not {type(self.name).__name__}")
-            if "\0" in self.name or "\\" in self.name or not self.name or len(self.name) > 255:
-                raise ValueError("name must be 1-255 characters without NUL or backslash")
+            # Windows object names: a backslash only ends one of the two namespace prefixes
+            # CreateJobObjectW knows ("Global\\", "Local\\"); the name itself has none.
+            base = self.name
+            for prefix in _NAME_PREFIXES:
+                if base.startswith(prefix):
+                    base = base[len(prefix):]
+                    break
+            if "\0" in base or "\\" in base or not base or len(base) > 255:
+                raise ValueError("name must be 1-255 characters without NUL or backslash, "
+                                 "optionally after a 'Global\\' or 'Local\\' prefix")
         for field in ("memory_limit", "process_memory_limit", "process_limit"):
             object.__setattr__(self, field, _positive_int(field, getattr(self, field)))
         if self.process_limit is not None and self.process_limit > 0xFFFFFFFF:
@@ -141,6 +151,8 @@ class EventKind(enum.Enum):
     JOB_MEMORY_LIMIT = "job_memory_limit"
     END_OF_JOB_TIME = "end_of_job_time"
     END_OF_PROCESS_TIME = "end_of_process_time"
+    #: A notification limit (JobObjectNotificationLimitInformation) was exceeded by `pid`.
+    NOTIFICATION_LIMIT = "notification_limit"
 
 
 class _LazyRecords:

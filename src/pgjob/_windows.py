@@ -10,13 +10,16 @@ from __future__ import annotations
 import _winapi
 import os
 import subprocess
+import sys
+import threading
 import time
 import types
-from typing import TYPE_CHECKING, Optional
+import warnings
+from typing import TYPE_CHECKING, Dict, Optional
 
 from . import _jobobject as c
 from ._base import EventKind, JobBackend, JobOptions, records as _records
-from ._errors import ProcessExitedError
+from ._errors import ProcessExitedError, UnsupportedError
 from ._log import logger
 
 if TYPE_CHECKING:
@@ -41,21 +44,83 @@ _EVENT_KINDS = {
     c.JOB_OBJECT_MSG_JOB_MEMORY_LIMIT: EventKind.JOB_MEMORY_LIMIT,
     c.JOB_OBJECT_MSG_END_OF_JOB_TIME: EventKind.END_OF_JOB_TIME,
     c.JOB_OBJECT_MSG_END_OF_PROCESS_TIME: EventKind.END_OF_PROCESS_TIME,
+    c.JOB_OBJECT_MSG_NOTIFICATION_LIMIT: EventKind.NOTIFICATION_LIMIT,
 }
-# Messages whose value slot is a pid rather than a job-wide value.
+# Messages whose value slot is a pid rather than a job-wide value (JOBOBJECT_ASSOCIATE_
+# COMPLETION_PORT: every one but END_OF_JOB_TIME, ACTIVE_PROCESS_LIMIT, ACTIVE_PROCESS_ZERO).
 _PID_MESSAGES = {c.JOB_OBJECT_MSG_NEW_PROCESS, c.JOB_OBJECT_MSG_EXIT_PROCESS,
                  c.JOB_OBJECT_MSG_ABNORMAL_EXIT_PROCESS, c.JOB_OBJECT_MSG_PROCESS_MEMORY_LIMIT,
-                 c.JOB_OBJECT_MSG_END_OF_PROCESS_TIME}
+                 c.JOB_OBJECT_MSG_JOB_MEMORY_LIMIT, c.JOB_OBJECT_MSG_END_OF_PROCESS_TIME,
+                 c.JOB_OBJECT_MSG_NOTIFICATION_LIMIT}
+# What pgjob keeps of each member: enough to wait on it and read its exit code.
+_MEMBER_ACCESS = _SYNCHRONIZE | _PROCESS_QUERY_LIMITED_INFORMATION
+# Past this many held member handles, a spawn first drops those of members that have exited
+# (their exit events then carry no exit code), so a job whose events nobody reads can't
+# pin an unbounded number of dead process objects.
+_MAX_HELD_MEMBERS = 256
+# SIZE_T's range: Py_ssize_t has its width on Windows. A 32-bit build can't express a memory
+# limit over 4 GiB, and truncating it would set another limit.
+_SIZE_MAX = sys.maxsize * 2 + 1
 
 _JOB_LIST_SUPPORTED: Optional[bool] = None
 _IO_ACCOUNTING = True
 
 
 def _use_job_list() -> bool:
+    """Does this system know PROC_THREAD_ATTRIBUTE_JOB_LIST? Only a definite answer is
+    remembered: a probe that failed for another reason (out of memory) means "not this
+    time", and the spawn takes the suspended path."""
     global _JOB_LIST_SUPPORTED
     if _JOB_LIST_SUPPORTED is None:
-        _JOB_LIST_SUPPORTED = bool(c.JobListSupported())
+        try:
+            _JOB_LIST_SUPPORTED = bool(c.JobListSupported())
+        except (OSError, MemoryError) as exc:
+            logger.debug("probing PROC_THREAD_ATTRIBUTE_JOB_LIST failed (%r); "
+                         "spawning on the suspended path", exc)
+            return False
     return _JOB_LIST_SUPPORTED
+
+
+def _check_popen_interface() -> Optional[str]:
+    """pgjob spawns by running subprocess.Popen._execute_child with `_winapi` swapped for a
+    stand-in whose CreateProcess takes the 9 positional arguments of _winapi.CreateProcess.
+    Say what differs if this Python's _execute_child does not make that one call (None: it
+    does). Read from the code object, so nothing runs."""
+    code = getattr(getattr(subprocess.Popen, "_execute_child", None), "__code__", None)
+    if code is None or "_winapi" not in code.co_names or "CreateProcess" not in code.co_names:
+        return "subprocess.Popen._execute_child no longer calls _winapi.CreateProcess"
+    import dis  # only here: the stack arithmetic below is what dis knows per version
+    calls = ("CALL", "CALL_FUNCTION", "CALL_METHOD", "PRECALL")
+    instructions = list(dis.get_instructions(code))
+    counts: list = []
+    for i, ins in enumerate(instructions):
+        if ins.argval != "CreateProcess" or ins.opname not in ("LOAD_ATTR", "LOAD_METHOD"):
+            continue
+        depth = 0  # stack items pushed since the callable (and its NULL, in 3.13+)
+        following = instructions[i + 1:]
+        if following and following[0].opname == "PUSH_NULL":
+            following = following[1:]
+        for later in following:
+            if later.opname in calls and depth == later.arg:
+                counts.append(later.arg)
+                break
+            if later.opname.startswith("CALL_KW") or later.opname.startswith("CALL_FUNCTION_"):
+                counts.append(None)  # keyword or star arguments: not the call we know
+                break
+            try:
+                depth += dis.stack_effect(later.opcode, later.arg, jump=False)
+            except ValueError:
+                depth += dis.stack_effect(later.opcode, jump=False)
+    if counts != [9]:
+        return (f"subprocess.Popen._execute_child calls _winapi.CreateProcess with "
+                f"{counts or 'no recognisable'} positional arguments, not the 9 pgjob knows")
+    return None
+
+
+_POPEN_INTERFACE_PROBLEM = _check_popen_interface()
+if _POPEN_INTERFACE_PROBLEM is not None:
+    warnings.warn(f"pgjob: job.popen() is unavailable on Python {sys.version.split()[0]}: "
+                  f"{_POPEN_INTERFACE_PROBLEM}", RuntimeWarning, stacklevel=2)
 
 
 def limit_flags(options: JobOptions) -> int:
@@ -77,37 +142,51 @@ def limit_flags(options: JobOptions) -> int:
     return flags
 
 
-def environment_block(env) -> Optional[str]:
-    """The UTF-16 environment block CreateProcessW wants, built as _winapi builds it, so that
-    job.popen fails exactly where subprocess.Popen does, with the same exception.
+# gh-87868 (CPython 3.11.8, 3.12.2, 3.13): _winapi sorts the environment and drops names that
+# differ only in case, keeping the last. Earlier versions pass the pairs in mapping order.
+_SORTS_ENVIRONMENT = (sys.version_info >= (3, 12, 2)
+                      or (3, 11, 8) <= sys.version_info < (3, 12))
 
-    _winapi (3.11.9, 3.13) first maps every name to upper case to sort them (a non-str name
-    is TypeError there, an empty one OSError(winerror 87) from LCMapStringEx), then checks
-    the pairs in sorted order; later duplicates of a name win."""
+
+def _environment_sort_key(key):
+    """_winapi's sort key: LCMapStringEx(LOCALE_NAME_INVARIANT, LCMAP_UPPERCASE), Windows'
+    own per-character upper-casing ("ß" stays "ß"; str.upper() would make it "SS")."""
+    if not isinstance(key, str):
+        # _winapi calls LCMapStringEx's C body directly, so the argument check is
+        # PyUnicode_AsWideCharString's, not the wrapper's.
+        raise TypeError("bad argument type for built-in operation")
+    return _winapi.LCMapStringEx(_winapi.LOCALE_NAME_INVARIANT, _winapi.LCMAP_UPPERCASE, key)
+
+
+def environment_block(env) -> Optional[str]:
+    """The UTF-16 environment block CreateProcessW wants, built step by step as _winapi's
+    getenvironment() builds it, so that job.popen fails exactly where subprocess.Popen does,
+    with the same exception, and passes the same variables.
+
+    Where _winapi sorts (see _SORTS_ENVIRONMENT): sort the names by Windows' invariant
+    upper case (stable, so equal names keep their order); drop a name when the next one
+    is equal to it by CompareStringOrdinal(ignore case), keeping the last; then check the
+    pairs in sorted order."""
     if env is None:
         return None
     keys = list(env.keys())
+    if _SORTS_ENVIRONMENT:
+        keys.sort(key=_environment_sort_key)
+        kept = []
+        for key, following in zip(keys, keys[1:]):
+            if c.CompareStringOrdinal(key, following, True) != c.CSTR_EQUAL:
+                kept.append(key)
+        keys = kept + keys[-1:]
+    entries = []
     for key in keys:
-        if not isinstance(key, str):
-            raise TypeError("bad argument type for built-in operation")
-        if not key:
-            # The system's own text, trimmed as PyErr_SetFromWindowsErr trims it ("The
-            # parameter is incorrect" on Windows, "Invalid parameter" under Wine).
-            from ctypes import FormatError  # only on this error path
-            text = FormatError(c.ERROR_INVALID_PARAMETER).rstrip(" .\t\r\n")
-            raise OSError(0, text, None, c.ERROR_INVALID_PARAMETER, None)
-    merged = {}
-    # sorted() is stable: names equal but for case keep their order, so the later one wins.
-    for key in sorted(keys, key=str.upper):
         value = env[key]
-        if not isinstance(value, str):
+        if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError("environment can only contain strings")
         if "\0" in key or "\0" in value:
             raise ValueError("embedded null character")
-        if "=" in key[1:]:  # '=' only as the first character, as in "=C:"
+        if not key or "=" in key[1:]:  # '=' only as the first character, as in "=C:"
             raise ValueError("illegal environment variable name")
-        merged[key.upper()] = (key, value)
-    entries = [f"{k}={v}" for k, v in (merged[u] for u in sorted(merged))]
+        entries.append(f"{key}={value}")
     return "\0".join(entries) + "\0\0" if entries else "\0\0"
 
 
@@ -139,24 +218,57 @@ class _WinapiWithJob:
             raise _bad_argument(1, "str or None", application_name)
         if not isinstance(creation_flags, int):
             raise _bad_argument(6, "int", creation_flags)
+        # The event _winapi.CreateProcess raises, at the same point (after its argument
+        # converters, before the environment is read), with the arguments it documents.
+        # (CPython 3.11.9 and 3.13.11 format command_line with "u" although it is an object
+        # there, so their hooks see garbage in that slot; pgjob passes the real string.)
+        sys.audit("_winapi.CreateProcess", application_name, command_line, cwd)
         si = startupinfo
         attribute_list = getattr(si, "lpAttributeList", None) or {}
         handle_list = attribute_list.get("handle_list") or None
         if handle_list is not None:
             handle_list = [int(h) for h in handle_list]
-        hp, ht, pid, tid, path = c.CreateProcessInJob(
-            application_name, command_line, bool(inherit_handles), creation_flags,
-            environment_block(env), cwd,
-            si.dwFlags, si.wShowWindow,
-            int(si.hStdInput or 0), int(si.hStdOutput or 0), int(si.hStdError or 0),
-            handle_list, self._job.handle, _use_job_list())
+        block = environment_block(env)
+        job = self._job
+        spawn_args = (application_name, command_line, bool(inherit_handles), creation_flags,
+                      block, cwd, si.dwFlags, si.wShowWindow,
+                      int(si.hStdInput or 0), int(si.hStdOutput or 0), int(si.hStdError or 0),
+                      handle_list, job.handle)
+        use_job_list = not job.job_list_refused and _use_job_list()
+        try:
+            hp, ht, pid, tid, path = c.CreateProcessInJob(*spawn_args, use_job_list)
+        except OSError as exc:
+            # Windows refuses the job list when the new job can't join the job hierarchy
+            # this process is in (UI limits on either job, a packaged app's job): the same
+            # job can still be entered by assignment while the child is suspended. Once
+            # refused, this job stays on that path.
+            if not (getattr(exc, "job_list", False) and exc.winerror == c.ERROR_ACCESS_DENIED):
+                raise
+            logger.debug("CreateProcessW refused PROC_THREAD_ATTRIBUTE_JOB_LIST (winerror %d); "
+                         "retrying on the suspended path", exc.winerror)
+            job.job_list_refused = True
+            hp, ht, pid, tid, path = c.CreateProcessInJob(*spawn_args, False)
+        try:
+            job.hold_member(pid, hp)
+            if creation_flags & c.CREATE_SUSPENDED:
+                # Popen closes the thread handle it is given; keep our own so resume() works.
+                self._popen._suspended_thread = _winapi.DuplicateHandle(
+                    _CURRENT_PROCESS, ht, _CURRENT_PROCESS, 0, False,
+                    _winapi.DUPLICATE_SAME_ACCESS)
+        except BaseException:
+            # Popen never sees this child: kill it (it may be left suspended) and close
+            # what CreateProcessInJob gave us, rather than leak a process nobody owns.
+            try:
+                _winapi.TerminateProcess(hp, 1)
+            except OSError:
+                pass  # already gone
+            job.release_member(pid)
+            _winapi.CloseHandle(ht)
+            _winapi.CloseHandle(hp)
+            raise
         logger.debug("CreateProcessW: pid %d is a job member (%s)%s", pid, path,
                      ", left suspended" if creation_flags & c.CREATE_SUSPENDED else ", resumed")
         self._popen.spawn_path = path
-        if creation_flags & c.CREATE_SUSPENDED:
-            # Popen closes the thread handle it is given; keep our own so resume() works.
-            self._popen._suspended_thread = _winapi.DuplicateHandle(
-                _CURRENT_PROCESS, ht, _CURRENT_PROCESS, 0, False, _winapi.DUPLICATE_SAME_ACCESS)
         return hp, ht, pid, tid
 
 
@@ -187,6 +299,18 @@ class WindowsJob(JobBackend):
         self.handle: Optional[int] = None
         self.port: Optional[int] = None
         self._in_self = False
+        #: Windows refused PROC_THREAD_ATTRIBUTE_JOB_LIST for this job once: don't ask again.
+        self.job_list_refused = False
+        # pid -> a handle on that member (SYNCHRONIZE | QUERY_LIMITED_INFORMATION), held from
+        # its spawn, assignment or NEW_PROCESS message until its exit message is read: the
+        # handle keeps the pid from naming anyone else, so the exit code read from it is
+        # the member's own, and wait() never needs to open a pid it may not open.
+        self._members: Dict[int, int] = {}
+        self._members_lock = threading.Lock()  # events, spawns and wait() run in any thread
+        for limit in (options.memory_limit, options.process_memory_limit):
+            if limit is not None and limit > _SIZE_MAX:
+                raise OverflowError(f"memory limit {limit} does not fit in SIZE_T "
+                                    f"(at most {_SIZE_MAX} on this {_SIZE_MAX.bit_length()}-bit Windows)")
         job = c.CreateJobObject(options.name)
         logger.debug("CreateJobObjectW(%r) -> handle %d", options.name, job)
         try:
@@ -210,7 +334,63 @@ class WindowsJob(JobBackend):
 
     # membership
     def execute_child(self, popen, execute_child, args) -> None:
+        if _POPEN_INTERFACE_PROBLEM is not None:
+            raise UnsupportedError(38, f"job.popen() is unavailable on Python "
+                                       f"{sys.version.split()[0]}: {_POPEN_INTERFACE_PROBLEM}")
         _execute_child_with(self, popen, execute_child)(popen, *args)
+
+    def hold_member(self, pid: int, handle: int) -> None:
+        """Keep a handle of our own on member `pid` (`handle` stays the caller's)."""
+        held = _winapi.DuplicateHandle(_CURRENT_PROCESS, handle, _CURRENT_PROCESS,
+                                       _MEMBER_ACCESS, False, 0)
+        with self._members_lock:
+            if len(self._members) >= _MAX_HELD_MEMBERS:
+                self._drop_exited_members()
+            old = self._members.pop(pid, None)
+            self._members[pid] = held
+        if old is not None:
+            _winapi.CloseHandle(old)
+
+    def release_member(self, pid: int) -> Optional[int]:
+        """Forget member `pid`; return its exit code if our handle says it has exited."""
+        with self._members_lock:
+            held = self._members.pop(pid, None)
+        if held is None:
+            return None
+        try:
+            code = _winapi.GetExitCodeProcess(held)
+            return None if code == c.STILL_ACTIVE else code
+        except OSError:
+            return None
+        finally:
+            _winapi.CloseHandle(held)
+
+    def _drop_exited_members(self) -> None:
+        # (called with _members_lock held)
+        for pid, held in list(self._members.items()):
+            if _winapi.WaitForSingleObject(held, 0) == _winapi.WAIT_OBJECT_0:
+                del self._members[pid]
+                _winapi.CloseHandle(held)
+
+    def _hold_announced_member(self, pid: int) -> None:
+        """A NEW_PROCESS message named `pid` (a member's child, say): open it at once, and
+        keep it only if the kernel says that process is ours (the pid may have exited and
+        been reused before we read the message)."""
+        with self._members_lock:
+            if pid in self._members:
+                return
+        try:
+            # The full query right: Wine's IsProcessInJob refuses the limited one.
+            h = _winapi.OpenProcess(_MEMBER_ACCESS | _PROCESS_QUERY_INFORMATION, False, pid)
+        except OSError:
+            return  # gone already, or not ours to open: its exit event has no exit code
+        try:
+            if c.IsProcessInJob(h, self.handle):
+                self.hold_member(pid, h)
+        except OSError:
+            pass
+        finally:
+            _winapi.CloseHandle(h)
 
     def assign(self, pid: int, handle: Optional[int]) -> None:
         opened = None
@@ -233,6 +413,14 @@ class WindowsJob(JobBackend):
                 raise ProcessExitedError(exc.errno, f"process {pid or handle} has exited", None,
                                          exc.winerror) from exc
             raise
+        else:
+            if pid:
+                try:
+                    self.hold_member(pid, handle)
+                except OSError:
+                    # A caller's handle may lack the rights to copy with SYNCHRONIZE: the
+                    # process is a member all the same; its exit event has no exit code.
+                    pass
         finally:
             if opened is not None:
                 _winapi.CloseHandle(opened)
@@ -318,8 +506,12 @@ class WindowsJob(JobBackend):
             return None
         pid = value if msg in _PID_MESSAGES else None
         exit_code = None
+        if msg == c.JOB_OBJECT_MSG_NEW_PROCESS and pid:
+            self._hold_announced_member(pid)
         if msg == c.JOB_OBJECT_MSG_ABNORMAL_EXIT_PROCESS or msg == c.JOB_OBJECT_MSG_EXIT_PROCESS:
-            exit_code = _exit_code_of(pid)
+            # From the handle held since the member joined, never by opening the pid again:
+            # by now that pid may name another process.
+            exit_code = self.release_member(pid) if pid else None
             if exit_code is not None and exit_code >= _NTSTATUS_ERROR:
                 # Died from an exception. Windows only posts ABNORMAL for codes on its own
                 # list (fast-fail 0xC0000409 arrives as a plain exit; Wine never posts it).
@@ -339,11 +531,53 @@ class WindowsJob(JobBackend):
             # Block on the members' process handles; re-list at least every 0.5 s since
             # members can start other members while we wait.
             slice_s = 0.5 if remaining is None else min(remaining, 0.5)
-            _wait_any(members, slice_s)
+            self._wait_any(members, slice_s)
+
+    def _wait_any(self, pids: list, timeout: float) -> None:
+        """Block until one of `pids` exits or `timeout` passes. Members we hold a handle for
+        are waited on by it; others are opened now. A member we may not open is waited for
+        by time alone (re-listed after `timeout`), never by returning at once: that spun."""
+        handles, opened = [], []
+        try:
+            for pid in pids:
+                if len(handles) == 63:  # WaitForMultipleObjects takes at most 64 handles
+                    break
+                with self._members_lock:
+                    held = self._members.get(pid)
+                    if held is not None:
+                        # Our own copy: an exit event read meanwhile closes the held one.
+                        held = _winapi.DuplicateHandle(_CURRENT_PROCESS, held, _CURRENT_PROCESS,
+                                                       0, False, _winapi.DUPLICATE_SAME_ACCESS)
+                if held is not None:
+                    opened.append(held)
+                    handles.append(held)
+                    continue
+                try:
+                    h = _winapi.OpenProcess(_SYNCHRONIZE, False, pid)
+                except OSError as exc:
+                    if exc.winerror == c.ERROR_INVALID_PARAMETER:
+                        return  # exited since the list was read: re-list at once
+                    continue  # alive but not ours to open (ACCESS_DENIED)
+                opened.append(h)
+                handles.append(h)
+            if handles:
+                _winapi.WaitForMultipleObjects(handles, False, int(timeout * 1000))
+            else:
+                time.sleep(timeout)
+        finally:
+            for h in opened:
+                _winapi.CloseHandle(h)
+
+    def _close_members(self) -> None:
+        with self._members_lock:
+            members, self._members = self._members, {}
+        for held in members.values():
+            _winapi.CloseHandle(held)
 
     def close(self) -> None:
         handle, port = self.handle, self.port
         self.handle = self.port = None
+        self._close_members()
         if handle is not None:
             if self.options.kill_on_close:
                 # Kill explicitly: a handle duplicated elsewhere would otherwise keep the job
@@ -359,38 +593,10 @@ class WindowsJob(JobBackend):
     def detach(self) -> Optional[int]:
         handle, port = self.handle, self.port
         self.handle = self.port = None
+        self._close_members()
         if port is not None:
             c.CloseHandle(port)
         return handle
-
-
-def _exit_code_of(pid: Optional[int]) -> Optional[int]:
-    if not pid:
-        return None
-    try:
-        h = _winapi.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
-    except OSError:
-        return None
-    try:
-        code = _winapi.GetExitCodeProcess(h)
-        return None if code == c.STILL_ACTIVE else code
-    finally:
-        _winapi.CloseHandle(h)
-
-
-def _wait_any(pids: list, timeout: float) -> None:
-    handles = []
-    try:
-        for pid in pids[:63]:  # WaitForMultipleObjects takes at most 64 handles
-            try:
-                handles.append(_winapi.OpenProcess(_SYNCHRONIZE, False, pid))
-            except OSError:
-                return  # one exited already: let the caller re-list at once
-        if handles:
-            _winapi.WaitForMultipleObjects(handles, False, int(timeout * 1000))
-    finally:
-        for h in handles:
-            _winapi.CloseHandle(h)
 
 
 def open_job(options: JobOptions) -> JobBackend:
