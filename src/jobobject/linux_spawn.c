@@ -546,7 +546,7 @@ spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
         errno = c->helper_errno;
         return -1;
     }
-    if (WIFSIGNALED(status) || c->program_pid < 0) {
+    if (c->program_pid < 0) {
         /* The helper died (SIGKILL is all that reaches it: every other signal is blocked)
          * before it told us the program's pid. A program it had cloned already runs, or is
          * about to: it is no member anyone knows of, so it must not live on. */
@@ -566,7 +566,9 @@ spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
         return -1;
     }
     *pidfd = c->program_pidfd;
-    if (c->helper_elsewhere) {
+    /* A helper killed after its clone returned may not have said where it was: then the
+     * pidfd tells the host pid, as it does for a helper in another namespace. */
+    if (c->helper_elsewhere || WIFSIGNALED(status)) {
         pid_t pid = pidfd_pid(c->program_pidfd);
         if (pid < 0) {
             saved = errno;
