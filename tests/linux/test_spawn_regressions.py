@@ -412,12 +412,15 @@ def test_spawn_copies_its_argument_lists_before_releasing_the_gil():
     stop = threading.Event()
     caught = []
 
-    def mutate(argv, executables, spawning_tid):
-        children = f"/proc/self/task/{spawning_tid}/children"
+    def children_of(tid):
+        with open(f"/proc/self/task/{tid}/children") as f:
+            return set(f.read().split())
+
+    def mutate(argv, executables, spawning_tid, earlier):
+        # Earlier children of that thread (inits, members not reaped yet) don't count.
         while not stop.is_set():
-            with open(children) as f:
-                if f.read().split():
-                    break
+            if children_of(spawning_tid) - earlier:
+                break
         else:
             return
         caught.append(True)
@@ -432,8 +435,9 @@ def test_spawn_copies_its_argument_lists_before_releasing_the_gil():
         argv = [b"echo", bytes(bytearray(marker))]
         executables = misses + [bytes(bytearray(b"/bin/echo"))]
         stop.clear()
+        tid = threading.get_native_id()
         mutator = threading.Thread(target=mutate,
-                                   args=(argv, executables, threading.get_native_id()))
+                                   args=(argv, executables, tid, children_of(tid)))
         mutator.start()
         try:
             output, error, status = _raw_spawn(argv, executables)
