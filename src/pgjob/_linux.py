@@ -7,7 +7,13 @@ see docs/linux.md).
 subprocess.Popen keeps doing everything it does (argument and env conversion, pipes,
 errpipe protocol, communicate, timeouts); only its one call to _posixsubprocess.fork_exec is
 routed to _jobobject.spawn, by running Popen's own _execute_child code with a globals mapping
-in which that one name differs. Nothing global is patched.
+in which that one name differs. Nothing global is patched. That call's shape is private and
+changes between CPython versions (_FORK_EXEC_SHAPES has each one); it is checked at import,
+and a Python that no longer matches gets a RuntimeWarning and a log line naming its version
+then, and an UnsupportedError from job.popen() (see _check_fork_exec_interface).
+
+Every descriptor kept here is above 2 and close-on-exec, and a child of os.fork() holds
+none of them: its copy of every backend object is inert (_after_fork_in_child).
 """
 from __future__ import annotations
 
@@ -181,7 +187,7 @@ _NEWEST_CHECKED = (3, 15)  # the last version whose subprocess.py the table was 
 
 def _fork_exec_shape(version: tuple) -> tuple:
     """(name _execute_child calls fork_exec by, argument names) for Python `version`."""
-    found = _FORK_EXEC_SHAPES[0]
+    found: tuple = _FORK_EXEC_SHAPES[0]
     for shape in _FORK_EXEC_SHAPES:
         if tuple(version[:2]) >= shape[0]:
             found = shape
@@ -222,7 +228,8 @@ def _check_fork_exec_interface() -> Optional[str]:
     except ImportError:
         return f"Python {sys.version_info[0]}.{sys.version_info[1]} has no _posixsubprocess"
     problem = _fork_exec_interface_problem(
-        subprocess.Popen._execute_child, _posixsubprocess.fork_exec, sys.version_info)
+        subprocess.Popen._execute_child,  # type: ignore[attr-defined]
+        _posixsubprocess.fork_exec, sys.version_info)
     if problem is not None:
         logger.warning("%s: job.popen() is unavailable on this Python", problem)
         warnings.warn(f"pgjob: {problem}: job.popen() is unavailable on this Python",
