@@ -64,7 +64,9 @@ static PyMethodDef jobobject_methods[] = {
      "      pidns_fd, userns_fd, pdeathsig, chdir_marker) -> (pid, pidfd)\n\n"
      "pidns_fd >= 0: the program starts in that PID namespace (after entering userns_fd if\n"
      ">= 0) as a child of the caller. -1: a direct CLONE_VM|CLONE_VFORK child, with\n"
-     "PR_SET_PDEATHSIG(SIGKILL) if pdeathsig."},
+     "PR_SET_PDEATHSIG(SIGKILL) if pdeathsig. The lists are copied before the GIL is\n"
+     "released; fds_to_keep is a sorted tuple of distinct fds >= 0, as for fork_exec.\n"
+     "The pidfd is above 2 and close-on-exec."},
     /* linux_job.c */
     {"start_init", linux_start_init, METH_VARARGS,
      "start_init(clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig) -> (pid, pidfd, control_fd)\n\n"

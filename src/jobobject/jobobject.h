@@ -93,6 +93,9 @@ PyObject *win_CompareStringOrdinal(PyObject *self, PyObject *args);
 PyObject *linux_spawn(PyObject *self, PyObject *args);
 /* shared with linux_job.c; async-signal-safe */
 void pgjob_close_fds_except(int low, const int *keep, Py_ssize_t n_keep);
+/* Every descriptor pgjob keeps lives above 2 and is close-on-exec: `fd` moved there if it
+ * is on 0-2 (closed on failure, -1 with errno) */
+int pgjob_fd_above_stdio(int fd);
 
 /* linux_job.c: the job's init (and protect_children()'s reaper), unshare/setns */
 PyObject *linux_start_init(PyObject *self, PyObject *args);

@@ -276,12 +276,25 @@ linux_start_init(PyObject *self, PyObject *args)
     c.arm_pdeathsig = arm_pdeathsig;
     c.uid = geteuid();
     c.gid = getegid();
-    if ((c.owner_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0)) < 0)
+    /* Every descriptor here above 2 (pgjob_fd_above_stdio): the owner keeps sv[0] and the
+     * init's pidfd; the init keeps the other two. */
+    if ((c.owner_pidfd = pgjob_fd_above_stdio((int)syscall(SYS_pidfd_open, getpid(), 0))) < 0)
         return pgjob_last_error("pidfd_open");
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         saved_errno = errno;
         close(c.owner_pidfd);
         return pgjob_oserror("socketpair", (unsigned long)saved_errno);
+    }
+    sv[0] = pgjob_fd_above_stdio(sv[0]);
+    sv[1] = pgjob_fd_above_stdio(sv[1]);
+    if (sv[0] < 0 || sv[1] < 0) {
+        saved_errno = errno;
+        if (sv[0] >= 0)
+            close(sv[0]);
+        if (sv[1] >= 0)
+            close(sv[1]);
+        close(c.owner_pidfd);
+        return pgjob_oserror("fcntl(F_DUPFD_CLOEXEC)", (unsigned long)saved_errno);
     }
     c.control_fd = sv[1];
 
@@ -306,6 +319,19 @@ linux_start_init(PyObject *self, PyObject *args)
     if (pid < 0) {
         close(sv[0]);
         return pgjob_oserror("clone3", (unsigned long)saved_errno);
+    }
+    /* CLONE_PIDFD takes the lowest free descriptor. */
+    if (got == (ssize_t)sizeof(report) && report.step == 0
+            && (pidfd = pgjob_fd_above_stdio(pidfd)) < 0) {
+        saved_errno = errno;
+        kill(pid, SIGKILL); /* our unreaped child: the pid is still its own */
+        Py_BEGIN_ALLOW_THREADS
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        Py_END_ALLOW_THREADS
+        close(sv[0]);
+        return pgjob_oserror("fcntl(F_DUPFD_CLOEXEC) of the init's pidfd",
+                             (unsigned long)saved_errno);
     }
     if (got != (ssize_t)sizeof(report) || report.step != 0) {
         /* The init exits on its own after a failed step; reap it. */

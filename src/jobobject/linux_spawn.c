@@ -20,6 +20,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#ifndef P_PIDFD
+#  define P_PIDFD 3 /* waitid(2) on a pidfd, Linux 5.4 */
+#endif
+
 /* 32-bit ABIs keep 16-bit ids in the plain calls and have *32 variants; 64-bit ones don't. */
 #ifdef SYS_setreuid32
 #  define PGJOB_SYS_SETGROUPS SYS_setgroups32
@@ -65,6 +69,8 @@ struct spawn_config {
     int helper_elsewhere;       /* the helper was not in our PID namespace */
     int helper_errno;
     const char *helper_failed;  /* the syscall that failed, NULL if none */
+    const char *helper_step;    /* what the helper was doing, for a helper killed meanwhile */
+    char failed_text[128];      /* the owner's message when the helper died of a signal */
 };
 
 /* ---- async-signal-safe helpers: everything below runs in a child of a threaded process ---- */
@@ -163,6 +169,23 @@ pgjob_close_fds_except(int low, const int *keep, Py_ssize_t n_keep)
     close_range_or_loop(next, ~0u);
 }
 
+/* `fd` moved above 2 if it landed on 0, 1 or 2 (the caller had closed one: clone's pidfd,
+ * open and socketpair take the lowest free number), and close-on-exec either way; -1 with
+ * errno set, and `fd` closed, if the move fails. A descriptor of ours on 0-2 is replaced the
+ * moment the caller restores its stdio with dup2, and we would use the caller's file. */
+int
+pgjob_fd_above_stdio(int fd)
+{
+    int moved, saved;
+    if (fd < 0 || fd > 2)
+        return fd;
+    moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    saved = errno;
+    close(fd);
+    errno = saved;
+    return moved;
+}
+
 static int
 set_inheritable(int fd, int inheritable)
 {
@@ -246,11 +269,11 @@ program_exec(const struct spawn_config *c)
      * given. The kernel call changes the calling task only, and this child has one thread. */
     if (c->n_extra_groups >= 0 &&
         syscall(PGJOB_SYS_SETGROUPS, (long)c->n_extra_groups, c->extra_groups) < 0)
-        goto error;
+        goto id_error;
     if (c->gid != (gid_t)-1 && syscall(PGJOB_SYS_SETREGID, (long)c->gid, (long)c->gid) < 0)
-        goto error;
+        goto id_error;
     if (c->uid != (uid_t)-1 && syscall(PGJOB_SYS_SETREUID, (long)c->uid, (long)c->uid) < 0)
-        goto error;
+        goto id_error;
     before_exec = 0;
     if (c->close_fds)
         pgjob_close_fds_except(3, c->fds_to_keep, c->n_fds_to_keep);
@@ -266,6 +289,13 @@ program_exec(const struct spawn_config *c)
     }
     if (saved_errno != 0)
         errno = saved_errno;
+    goto error;
+id_error:
+    /* In the job's user namespace only the owner's own ids are mapped, and the kernel
+     * refuses any other with EINVAL. Outside it, where subprocess.Popen runs, the same call
+     * from an owner without CAP_SETUID/CAP_SETGID is EPERM: give what subprocess gives. */
+    if (errno == EINVAL && c->userns_fd >= 0)
+        errno = EPERM;
 error:
     report_errno(c->errpipe_write, errno, before_exec, in_chdir);
     _exit(255);
@@ -370,15 +400,20 @@ enter_and_spawn(void *arg)
 {
     struct spawn_config *c = arg;
 
+    c->helper_step = "setns(CLONE_NEWUSER)";
     if (c->userns_fd >= 0 && setns(c->userns_fd, CLONE_NEWUSER) < 0) {
         c->helper_failed = "setns(CLONE_NEWUSER)";
         goto fail;
     }
     /* Changes only where this helper's children are created; the helper itself stays. */
+    c->helper_step = "setns(CLONE_NEWPID)";
     if (setns(c->pidns_fd, CLONE_NEWPID) < 0) {
         c->helper_failed = "setns(CLONE_NEWPID)";
         goto fail;
     }
+    /* Until this clone returns (the program has exec'd or exited), program_pidfd is already
+     * set in our shared memory and program_pid is not. */
+    c->helper_step = "clone(CLONE_PARENT), waiting for the program to exec";
     c->program_pid = clone(program_main, c->program_stack,
                            CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD, (void *)c,
                            &c->program_pidfd);
@@ -408,6 +443,9 @@ spawn_in_namespace_here(struct spawn_config *c, int *pidfd, const char **failed)
     pid_t pid;
     int saved, back = open("/proc/thread-self/ns/pid_for_children", O_RDONLY | O_CLOEXEC);
 
+    /* Above 2: the program's dup2 onto 0-2 happen in its own copy of the table, but it must
+     * not inherit this descriptor as its stdin/stdout/stderr either. */
+    back = pgjob_fd_above_stdio(back);
     if (back < 0) {
         *failed = "open /proc/thread-self/ns/pid_for_children";
         return -1;
@@ -463,10 +501,24 @@ pidfd_pid(int pidfd)
     return (pid_t)strtol(line + 5, NULL, 10);
 }
 
+/* A program we started and can't hand over (its pid unknown, or the spawn failed after it
+ * was cloned): kill it and reap it through its pidfd, so nothing runs on untracked and no
+ * zombie is left. It is our child (CLONE_PARENT), so the reap is ours to do. */
+static void
+kill_and_reap(int pidfd)
+{
+    siginfo_t info;
+    syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+    while (waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED) < 0 && errno == EINTR)
+        ;
+    close(pidfd);
+}
+
 /* Run the helper and reap it; the program's pid (or -1 with errno and *failed set). */
 static pid_t
 spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
 {
+    int status = 0, saved;
     char *stacks = thread_stacks();
     if (stacks == NULL) {
         *failed = "mmap";
@@ -477,6 +529,7 @@ spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
     c->program_pidfd = -1;
     c->helper_errno = 0;
     c->helper_failed = NULL;
+    c->helper_step = "start";
     pid_t helper = clone(enter_and_spawn, stacks + CHILD_STACK_SIZE,
                          CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, (void *)c);
     if (helper < 0) {
@@ -485,20 +538,44 @@ spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
     }
     /* The helper has exited (or is about to: CLONE_VFORK releases us in its exit path);
      * it is our child, and nobody else knows its pid. ECHILD: someone's waitpid(-1) reaped
-     * it first, which is harmless. */
-    while (waitpid(helper, NULL, __WALL) < 0 && errno == EINTR)
+     * it first, which is harmless (but then its status is unknown: status stays 0). */
+    while (waitpid(helper, &status, __WALL) < 0 && errno == EINTR)
         ;
     if (c->helper_failed != NULL) {
         *failed = c->helper_failed;
         errno = c->helper_errno;
         return -1;
     }
+    if (c->program_pid < 0) {
+        /* The helper died (SIGKILL is all that reaches it: every other signal is blocked)
+         * before it told us the program's pid. A program it had cloned already runs, or is
+         * about to: it is no member anyone knows of, so it must not live on. */
+        if (c->program_pidfd >= 0)
+            kill_and_reap(c->program_pidfd);
+        c->program_pidfd = -1;
+        if (WIFSIGNALED(status))
+            snprintf(c->failed_text, sizeof(c->failed_text),
+                     "namespace helper (killed by signal %d during %s)", WTERMSIG(status),
+                     c->helper_step);
+        else
+            snprintf(c->failed_text, sizeof(c->failed_text),
+                     "namespace helper (exit status 0x%x during %s)", (unsigned)status,
+                     c->helper_step);
+        *failed = c->failed_text;
+        errno = EINTR;
+        return -1;
+    }
     *pidfd = c->program_pidfd;
-    if (c->helper_elsewhere) {
+    /* A helper killed after its clone returned may not have said where it was: then the
+     * pidfd tells the host pid, as it does for a helper in another namespace. */
+    if (c->helper_elsewhere || WIFSIGNALED(status)) {
         pid_t pid = pidfd_pid(c->program_pidfd);
         if (pid < 0) {
+            saved = errno;
             *failed = "read /proc/self/fdinfo";
-            close(c->program_pidfd);
+            kill_and_reap(c->program_pidfd);
+            *pidfd = -1;
+            errno = saved;
             return -1;
         }
         return pid;
@@ -508,14 +585,21 @@ spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
 
 /* ---- argument conversion (GIL held) ---- */
 
-/* A NULL-terminated char* array pointing into the bytes objects of `seq` (kept in *keep). */
+/* A NULL-terminated char* array pointing into the bytes objects of `seq`, through a tuple
+ * of our own (kept in *keep). A tuple, not PySequence_Fast: that returns a list as itself,
+ * and the children read these strings with the GIL released, while another thread could
+ * replace the list's items and free the bytes they point into. */
 static char **
 bytes_array(PyObject *seq, const char *what, PyObject **keep)
 {
-    PyObject *fast = PySequence_Fast(seq, what);
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list or tuple", what);
+        return NULL;
+    }
+    PyObject *fast = PySequence_Tuple(seq);
     if (fast == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    Py_ssize_t n = PyTuple_GET_SIZE(fast);
     char **array = PyMem_Calloc((size_t)n + 1, sizeof(char *));
     if (array == NULL) {
         Py_DECREF(fast);
@@ -523,7 +607,7 @@ bytes_array(PyObject *seq, const char *what, PyObject **keep)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        PyObject *item = PyTuple_GET_ITEM(fast, i);
         if (!PyBytes_Check(item)) {
             PyErr_Format(PyExc_TypeError, "%s must contain bytes", what);
             goto fail;
@@ -542,35 +626,35 @@ fail:
     return NULL;
 }
 
+/* fds_to_keep as _posixsubprocess checks it: a tuple of non-negative ints, sorted and
+ * unique (pgjob_close_fds_except relies on the order), else ValueError. */
 static int
-int_array(PyObject *seq, const char *what, int **out, Py_ssize_t *n_out)
+fds_to_keep_array(PyObject *seq, int **out, Py_ssize_t *n_out)
 {
-    PyObject *fast = PySequence_Fast(seq, what);
-    if (fast == NULL)
+    if (!PyTuple_Check(seq)) {
+        PyErr_SetString(PyExc_TypeError, "fds_to_keep must be a tuple");
         return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     int *array = PyMem_Calloc((size_t)n + 1, sizeof(int));
     if (array == NULL) {
-        Py_DECREF(fast);
         PyErr_NoMemory();
         return -1;
     }
+    long prev = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (v == -1 && PyErr_Occurred()) {
+        PyObject *item = PyTuple_GET_ITEM(seq, i);
+        long v = PyLong_Check(item) ? PyLong_AsLong(item) : -1;
+        if (v == -1 && PyErr_Occurred())
+            PyErr_Clear(); /* too large for a long: a bad value like the others */
+        if (v < 0 || v > INT32_MAX || v <= prev) {
+            PyErr_SetString(PyExc_ValueError, "bad value(s) in fds_to_keep");
             PyMem_Free(array);
-            Py_DECREF(fast);
-            return -1;
-        }
-        if (v < 0 || v > INT32_MAX) {
-            PyErr_Format(PyExc_ValueError, "%s: bad value %ld", what, v);
-            PyMem_Free(array);
-            Py_DECREF(fast);
             return -1;
         }
         array[i] = (int)v;
+        prev = v;
     }
-    Py_DECREF(fast);
     *out = array;
     *n_out = n;
     return 0;
@@ -598,10 +682,10 @@ id_from_long_long(long long value, const char *what, unsigned int *out)
 static gid_t *
 gid_array(PyObject *seq, Py_ssize_t *n_out)
 {
-    PyObject *fast = PySequence_Fast(seq, "extra_groups");
+    PyObject *fast = PySequence_Tuple(seq); /* our own copy, as in bytes_array */
     if (fast == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    Py_ssize_t n = PyTuple_GET_SIZE(fast);
     gid_t *array = PyMem_Calloc((size_t)n + 1, sizeof(gid_t));
     if (array == NULL) {
         Py_DECREF(fast);
@@ -609,7 +693,7 @@ gid_array(PyObject *seq, Py_ssize_t *n_out)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        long long v = PyLong_AsLongLong(PyTuple_GET_ITEM(fast, i));
         if (v == -1 && PyErr_Occurred()) {
             if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
                 PyErr_Clear();
@@ -691,9 +775,13 @@ linux_spawn(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
             goto done;
         }
+        if ((size_t)PyBytes_GET_SIZE(cwd_obj) != strlen(PyBytes_AS_STRING(cwd_obj))) {
+            PyErr_SetString(PyExc_ValueError, "embedded null byte");
+            goto done;
+        }
         c.cwd = PyBytes_AS_STRING(cwd_obj);
     }
-    if (int_array(keep_obj, "fds_to_keep", &keep, &c.n_fds_to_keep) < 0)
+    if (fds_to_keep_array(keep_obj, &keep, &c.n_fds_to_keep) < 0)
         goto done;
     c.fds_to_keep = keep;
     if (groups_obj != Py_None && (groups = gid_array(groups_obj, &n_groups)) == NULL)
@@ -721,14 +809,30 @@ linux_spawn(PyObject *self, PyObject *args)
     if (pid < 0)
         goto done;
     failed = NULL;
+    /* CLONE_PIDFD takes the lowest free descriptor. */
+    if ((pidfd = pgjob_fd_above_stdio(pidfd)) < 0) {
+        saved_errno = errno;
+        /* The program runs but we lost its pidfd: reap it by pid, it is our child. */
+        kill(pid, SIGKILL);
+        Py_BEGIN_ALLOW_THREADS
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        Py_END_ALLOW_THREADS
+        failed = "fcntl(F_DUPFD_CLOEXEC) of the program's pidfd";
+        goto done;
+    }
     PGJOB_TRACE("%s -> pid %d, pidfd %d",
                 c.pidns_fd < 0 ? "clone(CLONE_VM|CLONE_VFORK)"
                 : c.userns_fd < 0 ? "setns(pid namespace) + clone(CLONE_VM|CLONE_VFORK) + setns(back)"
                 : "helper: setns(user, pid namespace) + clone(CLONE_VM|CLONE_VFORK|CLONE_PARENT)",
                 (int)pid, pidfd);
     result = Py_BuildValue("(ii)", (int)pid, pidfd);
-    if (result == NULL)
-        close(pidfd); /* the child runs; don't leak its descriptor */
+    if (result == NULL) {
+        /* The program runs and nobody would track it: don't leave it. */
+        Py_BEGIN_ALLOW_THREADS
+        kill_and_reap(pidfd);
+        Py_END_ALLOW_THREADS
+    }
 
 done:
     PyMem_Free((void *)c.argv);

@@ -91,9 +91,9 @@ if sys.platform == "win32":
 if sys.platform == "linux":
     # linux_spawn.c
     def spawn(
-        argv: list[bytes],
-        executables: list[bytes],
-        env: list[bytes] | None,
+        argv: list[bytes] | tuple[bytes, ...],
+        executables: list[bytes] | tuple[bytes, ...],
+        env: list[bytes] | tuple[bytes, ...] | None,
         cwd: bytes | None,
         close_fds: bool,
         fds_to_keep: tuple[int, ...],

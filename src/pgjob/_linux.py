@@ -7,12 +7,19 @@ see docs/linux.md).
 subprocess.Popen keeps doing everything it does (argument and env conversion, pipes,
 errpipe protocol, communicate, timeouts); only its one call to _posixsubprocess.fork_exec is
 routed to _jobobject.spawn, by running Popen's own _execute_child code with a globals mapping
-in which that one name differs. Nothing global is patched.
+in which that one name differs. Nothing global is patched. That call's shape is private and
+changes between CPython versions (_FORK_EXEC_SHAPES has each one); it is checked at import,
+and a Python that no longer matches gets a RuntimeWarning and a log line naming its version
+then, and an UnsupportedError from job.popen() (see _check_fork_exec_interface).
+
+Every descriptor kept here is above 2 and close-on-exec, and a child of os.fork() holds
+none of them: its copy of every backend object is inert (_after_fork_in_child).
 """
 from __future__ import annotations
 
 import collections
 import errno
+import fcntl
 import os
 import queue
 import select
@@ -21,12 +28,14 @@ import sys
 import threading
 import time
 import types
+import warnings
+import weakref
 from typing import TYPE_CHECKING, Optional
 
 from . import _errors
 from . import _jobobject as c
 from ._base import EventKind, JobBackend, JobOptions, records as _records
-from ._errors import ProcessExitedError, UnsupportedError
+from ._errors import JobClosedError, ProcessExitedError, UnsupportedError
 from ._log import logger
 from ._unprotected import UnprotectedJob
 
@@ -37,6 +46,39 @@ if TYPE_CHECKING:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Popen reads "noexec:chdir" from the errpipe as "chdir(cwd) failed" since Python 3.13.
 _CHDIR_MARKER = sys.version_info >= (3, 13)
+
+
+# -- descriptors pgjob keeps -----------------------------------------------------------------
+
+def _above_stdio(fd: int) -> int:
+    """`fd`, moved above 2 if it landed on 0, 1 or 2 (the caller had closed one), and
+    close-on-exec either way. A descriptor of ours on 0-2 would be replaced the moment the
+    caller restores its stdin/stdout/stderr with dup2, and we would go on using the caller's
+    file as our pidfd or namespace."""
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
+def _pipe_above_stdio() -> tuple:
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        read_end = _above_stdio(read_end)
+    except BaseException:
+        os.close(write_end)
+        raise
+    try:
+        return read_end, _above_stdio(write_end)
+    except BaseException:
+        os.close(read_end)
+        raise
+
+
+def _open_above_stdio(path: str) -> int:
+    return _above_stdio(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
 
 
 # -- procfs ---------------------------------------------------------------------------------
@@ -121,6 +163,88 @@ def _cpu_times(pids: list) -> tuple:
 
 # -- running Popen._execute_child with our spawn ------------------------------------------------
 
+# How each CPython's Popen._execute_child calls _posixsubprocess.fork_exec: the positional
+# arguments in order (checked against Lib/subprocess.py of each version), and the global name
+# it calls it by. The entry for the newest version at or below the running one applies.
+_FORK_EXEC_HEAD = (
+    "args", "executables", "close_fds", "fds_to_keep", "cwd", "env", "p2cread", "p2cwrite",
+    "c2pread", "c2pwrite", "errread", "errwrite", "errpipe_read", "errpipe_write",
+    "restore_signals", "start_new_session")
+_FORK_EXEC_SHAPES = (
+    # 3.9, 3.10: 21 arguments, called as _posixsubprocess.fork_exec
+    ((3, 9), "_posixsubprocess",
+     _FORK_EXEC_HEAD + ("gid", "groups", "uid", "umask", "preexec_fn")),
+    # 3.11 - 3.13: 23, process_group added, allow_vfork (_USE_VFORK) at the end
+    ((3, 11), "_fork_exec",
+     _FORK_EXEC_HEAD + ("process_group", "gid", "groups", "uid", "umask", "preexec_fn",
+                        "allow_vfork")),
+    # 3.14, 3.15: 22, allow_vfork dropped (subprocess._USE_VFORK is gone)
+    ((3, 14), "_fork_exec",
+     _FORK_EXEC_HEAD + ("process_group", "gid", "groups", "uid", "umask", "preexec_fn")),
+)
+_NEWEST_CHECKED = (3, 15)  # the last version whose subprocess.py the table was checked against
+
+
+def _fork_exec_shape(version: tuple) -> tuple:
+    """(name _execute_child calls fork_exec by, argument names) for Python `version`."""
+    found: tuple = _FORK_EXEC_SHAPES[0]
+    for shape in _FORK_EXEC_SHAPES:
+        if tuple(version[:2]) >= shape[0]:
+            found = shape
+    return found[1], found[2]
+
+
+def _fork_exec_interface_problem(execute_child, fork_exec, version: tuple) -> Optional[str]:
+    """What is wrong with the private interface pgjob hooks into, for Python `version`; None if
+    it looks as the table says. Checked: the globals _execute_child reads and that we replace
+    (the fork_exec name, _USE_POSIX_SPAWN) exist, and, where fork_exec has a text signature
+    (3.12+), that it takes the number of arguments we unpack."""
+    hook, names = _fork_exec_shape(version)
+    where = f"Python {version[0]}.{version[1]}"
+    used = execute_child.__code__.co_names
+    for name in (hook, "_USE_POSIX_SPAWN"):
+        if name not in used or name not in execute_child.__globals__:
+            return (f"{where}: subprocess.Popen._execute_child no longer uses {name}, which "
+                    f"pgjob replaces to start processes in a job")
+    signature = getattr(fork_exec, "__text_signature__", None)
+    if signature:
+        params = [p.strip() for p in signature.strip("()").split(",")]
+        params = [p for p in params if p and p not in ("$module", "/")]
+        if len(params) != len(names):
+            return (f"{where}: _posixsubprocess.fork_exec takes {len(params)} arguments, "
+                    f"pgjob knows the {len(names)}-argument form of this version")
+    return None
+
+
+def _check_fork_exec_interface() -> Optional[str]:
+    """Run once at import: pgjob says at once, naming the Python version, when this Python's
+    subprocess internals are not the ones it knows, instead of failing on the first spawn. The
+    problem is logged and warned about (RuntimeWarning) here, and every job.popen() on Linux then
+    raises UnsupportedError with the same text. A version newer than the table's last checked
+    one is used with the newest shape if it passes the check, and logged at debug level."""
+    import subprocess
+    try:
+        import _posixsubprocess
+    except ImportError:
+        return f"Python {sys.version_info[0]}.{sys.version_info[1]} has no _posixsubprocess"
+    problem = _fork_exec_interface_problem(
+        subprocess.Popen._execute_child,  # type: ignore[attr-defined]
+        _posixsubprocess.fork_exec, sys.version_info)
+    if problem is not None:
+        logger.warning("%s: job.popen() is unavailable on this Python", problem)
+        warnings.warn(f"pgjob: {problem}: job.popen() is unavailable on this Python",
+                      RuntimeWarning, stacklevel=2)
+    elif sys.version_info[:2] > _NEWEST_CHECKED:
+        logger.debug("Python %d.%d is newer than the last one pgjob's fork_exec table was checked "
+                     "against (%d.%d); its interface passed the import check",
+                     sys.version_info[0], sys.version_info[1], *_NEWEST_CHECKED)
+    return problem
+
+
+_FORK_EXEC_HOOK, _FORK_EXEC_ARGS = _fork_exec_shape(sys.version_info)
+_INTERFACE_PROBLEM = _check_fork_exec_interface()
+
+
 class _PosixsubprocessWithJob:
     """Stands in for the _posixsubprocess module (Python 3.9/3.10 call it by module name):
     every attribute is the real module's, except fork_exec."""
@@ -135,12 +259,16 @@ class _PosixsubprocessWithJob:
 
 
 def _execute_child_with(execute_child, fork_exec):
+    if _INTERFACE_PROBLEM is not None:
+        raise UnsupportedError(errno.EOPNOTSUPP, f"{_INTERFACE_PROBLEM}: job.popen() is "
+                               "unavailable on this Python")
     namespace = dict(execute_child.__globals__)
     # posix_spawn would bypass fork_exec: always take the fork_exec path.
     namespace["_USE_POSIX_SPAWN"] = False
-    if "_fork_exec" in namespace:  # 3.11+
+    if _FORK_EXEC_HOOK == "_fork_exec":
         namespace["_fork_exec"] = fork_exec
-    namespace["_posixsubprocess"] = _PosixsubprocessWithJob(fork_exec)
+    else:
+        namespace["_posixsubprocess"] = _PosixsubprocessWithJob(fork_exec)
     return types.FunctionType(execute_child.__code__, namespace, execute_child.__name__,
                               execute_child.__defaults__, execute_child.__closure__)
 
@@ -148,32 +276,27 @@ def _execute_child_with(execute_child, fork_exec):
 def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool) -> tuple:
     """Call _jobobject.spawn with what subprocess passed to _posixsubprocess.fork_exec;
     (pid, pidfd) of the program."""
-    a = fork_exec_args
-    if len(a) == 23:  # 3.11+: ..., process_group, gid, extra_groups, uid, umask, preexec_fn, allow_vfork
-        (args, executables, close_fds, fds_to_keep, cwd, env, p2cread, p2cwrite, c2pread,
-         c2pwrite, errread, errwrite, errpipe_read, errpipe_write, restore_signals,
-         start_new_session, process_group, gid, groups, uid, umask, preexec_fn, _vfork) = a
-    elif len(a) == 21:  # 3.9, 3.10: no process_group, no allow_vfork
-        (args, executables, close_fds, fds_to_keep, cwd, env, p2cread, p2cwrite, c2pread,
-         c2pwrite, errread, errwrite, errpipe_read, errpipe_write, restore_signals,
-         start_new_session, gid, groups, uid, umask, preexec_fn) = a
-        process_group = -1
-    else:
-        raise TypeError(f"pgjob does not know this Python's fork_exec signature ({len(a)} arguments)")
-    if preexec_fn is not None:
+    if len(fork_exec_args) != len(_FORK_EXEC_ARGS):
+        raise UnsupportedError(
+            errno.EOPNOTSUPP, f"Python {sys.version_info[0]}.{sys.version_info[1]} called "
+            f"fork_exec with {len(fork_exec_args)} arguments; pgjob knows the "
+            f"{len(_FORK_EXEC_ARGS)}-argument form of this version")
+    a = dict(zip(_FORK_EXEC_ARGS, fork_exec_args))
+    if a["preexec_fn"] is not None:
         raise UnsupportedError(
             errno.EINVAL, "preexec_fn is not supported by pgjob on Linux: the child is set up in C "
             "between clone and exec, where running Python is unsafe. Use start_new_session, "
             "process_group, umask, user/group/extra_groups, cwd or env, or do the setup in the "
             "child program itself.")
-    argv = [os.fsencode(arg) for arg in args]
+    gid, groups, uid, cwd = a["gid"], a["groups"], a["uid"], a["cwd"]
     return c.spawn(
-        argv, list(executables), env, None if cwd is None else os.fsencode(cwd),
-        bool(close_fds), tuple(fds_to_keep),
-        p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,
-        bool(restore_signals), bool(start_new_session), process_group,
+        [os.fsencode(arg) for arg in a["args"]], tuple(a["executables"]), a["env"],
+        None if cwd is None else os.fsencode(cwd), bool(a["close_fds"]), tuple(a["fds_to_keep"]),
+        a["p2cread"], a["p2cwrite"], a["c2pread"], a["c2pwrite"], a["errread"], a["errwrite"],
+        a["errpipe_read"], a["errpipe_write"], bool(a["restore_signals"]),
+        bool(a["start_new_session"]), a.get("process_group", -1),
         -1 if gid is None else gid, None if groups is None else tuple(groups),
-        -1 if uid is None else uid, umask, pidns_fd, userns_fd, pdeathsig, _CHDIR_MARKER)
+        -1 if uid is None else uid, a["umask"], pidns_fd, userns_fd, pdeathsig, _CHDIR_MARKER)
 
 
 class _SpawnThread:
@@ -184,6 +307,13 @@ class _SpawnThread:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._pid = -1
+
+    def after_fork_in_child(self) -> None:
+        """The thread is not in the child, and its lock may have been held by another thread
+        at the fork: start afresh (call() starts a new thread on first use)."""
+        self._lock = threading.Lock()
+        self._requests = queue.SimpleQueue()
         self._pid = -1
 
     def call(self, fn, *args):
@@ -221,6 +351,37 @@ _SPAWN_THREAD = _SpawnThread()
 
 # -- the job backends ---------------------------------------------------------------------------
 
+def _close_quietly(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # not open (any more): nothing to release
+
+
+# Every backend object that holds descriptors, so that a fork's copies can be made inert.
+_HOLDERS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """os.fork() copied our descriptors and module state into the child: none of it may act
+    there on the owner's namespaces, inits or members (guarantee 12 of STYLE.md)."""
+    global _UNREAPED_LOCK
+    owner = _OWNER_PID[0]
+    _OWNER_PID[0] = os.getpid()
+    _SPAWN_THREAD.after_fork_in_child()
+    for holder in list(_HOLDERS):
+        holder.after_fork_in_child(owner)
+    _UNREAPED_LOCK = threading.Lock()
+    for fd in _UNREAPED_INITS:  # the owner's children: the owner reaps them, not a fork
+        _close_quietly(fd)
+    _UNREAPED_INITS.clear()
+
+
+_OWNER_PID = [os.getpid()]
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Member:
     """A process job.popen() started (the program itself, in both mechanisms)."""
 
@@ -245,8 +406,22 @@ class _LinuxJob(JobBackend):
         self._started = 0
         self._zero_pending = False  # a member started since the last ACTIVE_PROCESS_ZERO
         self._closed = False
+        self._forked_from: Optional[int] = None  # set in a fork's copy: the owner's pid
         # Lets next_event() wake up when a process is started while it waits.
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_read, self._wake_write = _pipe_above_stdio()
+        _HOLDERS.add(self)
+
+    def after_fork_in_child(self, owner: int) -> None:
+        """In a child of os.fork(): this copy is inert. Close the child's copies of our
+        descriptors (so the child holds nothing of the owner's: a member's pidfd, the wake
+        pipe) and never act on the owner's members again; close() and detach() do nothing."""
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._forked_from = owner
+        self._closed = True
+        members, self._members = self._members, []
+        for fd in [m.pidfd for m in members] + [self._wake_read, self._wake_write]:
+            _close_quietly(fd)
+        self._wake_read = self._wake_write = -1
 
     # subclass hooks
     def _spawn_member(self, fork_exec_args: tuple) -> tuple:
@@ -258,6 +433,11 @@ class _LinuxJob(JobBackend):
 
     # membership
     def execute_child(self, popen, execute_child, args) -> None:
+        if self._forked_from is not None:
+            raise JobClosedError(
+                errno.EBADF, f"this job belongs to process {self._forked_from}; in this fork of "
+                "it (pid %d) the job is inert and can start no processes" % os.getpid())
+
         def fork_exec(*fork_exec_args):
             self._note_exits()
             pid, pidfd = self._spawn_member(fork_exec_args)
@@ -412,10 +592,8 @@ class _LinuxJob(JobBackend):
         for m in members:
             os.close(m.pidfd)
         for fd in (self._wake_read, self._wake_write):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            _close_quietly(fd)
+        self._wake_read = self._wake_write = -1
 
 
 _KILLED_INIT_WAIT_MS = 20  # how long close() waits for a killed init before reaping it later
@@ -447,17 +625,19 @@ class _Init:
     """PID 1 of a namespace pgjob made (a job's, or protect_children()'s reaper), and the
     descriptors that reach it: its pidfd, the control socket, the namespace files to setns."""
 
-    __slots__ = ("pid", "pidfd", "control", "pidns_fd", "userns_fd", "namespace", "_lock")
+    __slots__ = ("pid", "pidfd", "control", "pidns_fd", "userns_fd", "namespace", "_lock",
+                 "__weakref__")
 
     def __init__(self, pid: int, pidfd: int, control: int, with_userns: bool) -> None:
         self.pid, self.pidfd, self.control = pid, pidfd, control
         self.pidns_fd = self.userns_fd = -1
         self._lock = threading.Lock()
+        _HOLDERS.add(self)
         try:
             # Our child and not reaped: the pid can't name another process meanwhile.
-            self.pidns_fd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            self.pidns_fd = _open_above_stdio(f"/proc/{pid}/ns/pid")
             if with_userns:
-                self.userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+                self.userns_fd = _open_above_stdio(f"/proc/{pid}/ns/user")
         except OSError:
             self.kill()
             self.release()
@@ -465,9 +645,20 @@ class _Init:
         st = os.fstat(self.pidns_fd)
         self.namespace = (st.st_dev, st.st_ino)
 
+    def after_fork_in_child(self, owner: int) -> None:
+        """In a child of os.fork(): close the child's copies. Above all the control socket,
+        whose EOF tells the init that the owner exec'd or died: a fork must not keep it open,
+        nor ever kill, terminate or detach the owner's namespace."""
+        self._lock = threading.Lock()
+        for fd in (self.control, self.pidns_fd, self.userns_fd, self.pidfd):
+            _close_quietly(fd)
+        self.control = self.pidns_fd = self.userns_fd = self.pidfd = -1
+
     def terminate_members(self, timeout: float = 5.0) -> None:
         """SIGKILL every process in the namespace but the init, which stays for later spawns;
         returns once the init has sent them the signal."""
+        if self.pidfd < 0 or self.control < 0:
+            return  # released (or a fork's inert copy): nothing of ours to act on
         try:
             # A stopped init could not answer: let it run (it ignores the signal itself).
             signal.pidfd_send_signal(self.pidfd, signal.SIGCONT)
@@ -493,8 +684,18 @@ class _Init:
                     if os.read(self.control, 1) in (b"", bytes([c.PGJOB_INIT_TERMINATE])):
                         return
 
+    def exited(self) -> bool:
+        """Has the init exited (a zombie counts)? Its pidfd turns readable then."""
+        if self.pidfd < 0:
+            return True
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(0))
+
     def kill(self) -> None:
         """The namespace dies with its init: the kernel SIGKILLs every process in it."""
+        if self.pidfd < 0:
+            return  # released (or a fork's inert copy)
         try:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         except ProcessLookupError:
@@ -502,6 +703,8 @@ class _Init:
 
     def detach(self) -> None:
         """Let the members outlive the job and the owner: the init stays until they are gone."""
+        if self.control < 0:
+            return  # released (or a fork's inert copy)
         try:
             os.write(self.control, bytes([c.PGJOB_INIT_DETACH]))
         except OSError:
@@ -543,7 +746,18 @@ class NamespaceJob(_LinuxJob):
     def _spawn_member(self, fork_exec_args: tuple) -> tuple:
         # Members arm no PR_SET_PDEATHSIG: the init watches the owner for the whole namespace,
         # so any thread may spawn.
-        return _spawn(fork_exec_args, self._init.pidns_fd, self._init.userns_fd, False)
+        init = self._init
+        try:
+            return _spawn(fork_exec_args, init.pidns_fd, init.userns_fd, False)
+        except OSError as exc:
+            # A namespace whose init has exited takes no new process: the kernel refuses the
+            # clone with ENOMEM. Asking the init's pidfd tells that apart from a real ENOMEM.
+            if not init.exited():
+                raise
+            raise JobClosedError(
+                errno.EBADF, f"the job's PID namespace is gone: its init (pid {init.pid}) has "
+                "exited (killed by someone, or by the OOM killer), and with it every member; "
+                "this job can start no more processes") from exc
 
     def pids(self) -> list:
         return _namespace_members({i.namespace for i in self._inits},
@@ -585,7 +799,13 @@ class NamespaceJob(_LinuxJob):
     def assign_current(self) -> None:
         if self._reaper is not None:
             return
+        if self._forked_from is not None:
+            raise JobClosedError(errno.EBADF, f"this job belongs to process {self._forked_from}; "
+                                 "in a fork of it the job is inert")
         threads = len(os.listdir("/proc/self/task"))
+        # Our ids as the kernel knows them now: after unshare(CLONE_NEWUSER) and before the
+        # maps are written, geteuid() says 65534 (the overflow uid), which is no id of ours.
+        uid, gid = os.geteuid(), os.getegid()
         try:
             c.unshare(c.CLONE_NEWPID)
             logger.debug("unshare(CLONE_NEWPID): this thread's later children get a new PID namespace")
@@ -593,8 +813,8 @@ class NamespaceJob(_LinuxJob):
             # Without CAP_SYS_ADMIN: a user namespace first, which the kernel allows only to a
             # single-threaded process (EINVAL otherwise).
             c.unshare(c.CLONE_NEWUSER | c.CLONE_NEWPID)
-            _map_own_ids()
-            logger.debug("unshare(CLONE_NEWUSER|CLONE_NEWPID) and mapped uid %d", os.geteuid())
+            _map_own_ids(uid, gid)
+            logger.debug("unshare(CLONE_NEWUSER|CLONE_NEWPID) and mapped uid %d", uid)
         try:
             # PR_SET_PDEATHSIG only from the main thread: it fires when the parent thread
             # exits. The reaper stays when this process execs (the control socket closes
@@ -696,10 +916,9 @@ def _signal_quietly(pid: int, sig: int) -> None:
         pass  # exited since we listed it
 
 
-def _map_own_ids() -> None:
-    """After unshare(CLONE_NEWUSER): map our uid/gid onto themselves (one line each is what
-    an unprivileged process may write)."""
-    uid, gid = os.geteuid(), os.getegid()
+def _map_own_ids(uid: int, gid: int) -> None:
+    """After unshare(CLONE_NEWUSER): map our uid/gid (as read before the unshare) onto
+    themselves (one line each is what an unprivileged process may write)."""
     try:
         with open("/proc/self/uid_map", "w") as f:
             f.write(f"{uid} {uid} 1\n")
