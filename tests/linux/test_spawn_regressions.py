@@ -299,6 +299,8 @@ def _popen_after_init_killed():
     try:
         assert job.popen(["true"]).wait(10) == 0
         init = job._impl._init
+        # Read before the kill: once the Job has closed itself its backend holds nothing.
+        with_userns = init.userns_fd >= 0
         os.kill(init.pid, signal.SIGKILL)  # as a person, or the OOM killer, would
         assert wait_until(lambda: start_time(init.pid) is None, 10)  # a zombie, or gone
         try:
@@ -316,7 +318,7 @@ def _popen_after_init_killed():
         else:
             second = None
         return {"init": init.pid, "first": first, "second": second, "closed": job.closed,
-                "userns": init.userns_fd >= 0}
+                "userns": with_userns}
     finally:
         job.close()
 
