@@ -1,6 +1,6 @@
 """Helpers every suite shares (Linux, Windows under Wine, CLI, PostgreSQL, stress): a
-deadline wait, a deadline-bounded reader of a child's JSON lines, and (Linux) a search of
-/proc for the processes that carry a marker argument.
+deadline wait, a deadline-bounded reader of a child's JSON lines, and (Linux) searches of
+/proc: the processes that carry a marker argument, each parent's children.
 
 Importable as `proc_helpers` from any test module: tests/conftest.py lives beside this file,
 and pytest's default (prepend) import mode puts its folder on sys.path.
@@ -25,6 +25,21 @@ def wait_until(predicate, timeout=10.0):
             return value
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.05)
+
+
+def children_by_parent():
+    """(Linux) {parent pid: [child pids]} from one pass over /proc."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue  # exited while we looked
+            ppid = int(data[data.rindex(b")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(name))
+    return children
 
 
 def pids_with_argument(argument, exclude=()):

@@ -19,7 +19,7 @@ import pgjob
 
 # tests/ (this file's parent folder's parent) for the helpers the suites share.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from proc_helpers import pids_with_argument  # noqa: E402
+from proc_helpers import children_by_parent, pids_with_argument  # noqa: E402
 
 mechanism, scenario, ready_dir = sys.argv[1:4]
 log_lines = []
@@ -78,16 +78,7 @@ def wait_ready(names, timeout=20.0):
 
 def descendants(root):
     """Host pids below `root`, for the modes where pgjob is not asked (plain, protect)."""
-    children = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    data = f.read()
-            except OSError:
-                continue
-            ppid = int(data[data.rindex(b")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(int(name))
+    children = children_by_parent()
     found, todo = [], list(children.get(root, []))
     while todo:
         pid = todo.pop()

@@ -5,7 +5,7 @@ import gc
 import os
 
 import pgjob
-from proc_helpers import wait_until
+from proc_helpers import children_by_parent, wait_until
 
 
 def _open_fds():
@@ -14,17 +14,7 @@ def _open_fds():
 
 def _children():
     """Pids whose parent is this process (the dropped children, their inits)."""
-    me, found = str(os.getpid()), []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    data = f.read()
-            except OSError:
-                continue  # exited while we looked
-            if data[data.rindex(b")") + 2:].split()[1].decode() == me:
-                found.append(int(entry))
-    return found
+    return children_by_parent().get(os.getpid(), [])
 
 
 def test_a_thousand_dropped_popens_leak_no_descriptor():
