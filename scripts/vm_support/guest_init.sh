@@ -51,12 +51,24 @@ delegate() {  # chown a cgroup to the user the way systemd's Delegate=yes does
         "$1/cgroup.threads" || fail "cannot delegate $1"
 }
 
+start_relays() {
+    # The command writes into pipes, as on a host, and a cat copies each to its port: a
+    # virtio port takes at most 32 KiB per write(), and an unbuffered Python (-u,
+    # PYTHONUNBUFFERED) drops the rest of a short write to stdout.
+    P=/run/pgjob-vm
+    $B mkfifo -m 0600 $P/stdout $P/stderr || fail "mkfifo"
+    $B cat $P/stdout >&3 3>&- 4>&- &
+    RELAYS=$!
+    $B cat $P/stderr >&4 3>&- 4>&- &
+    RELAYS="$RELAYS $!"
+}
+
 run() {
     B=/run/pgjob-vm/busybox
     J=/run/pgjob-vm/job
     OUT=$(port pgjob.stdout) && ERR=$(port pgjob.stderr) || fail "no virtio ports for stdout/stderr"
-    # A virtio port opens once: hold both on 3 and 4, hand them to the command as 1 and 2,
-    # and close 3 and 4 in it (the tests count the command's descriptors).
+    # A virtio port opens once: hold both on 3 and 4 (the command never sees them: the tests
+    # count its descriptors).
     exec 3>"$OUT" 4>"$ERR" 2>&4
     . "$J/settings.sh"
     $B mkdir -p /dev/pts /dev/shm
@@ -90,14 +102,22 @@ run() {
         enable_controllers "$D"
         delegate "$D"
         delegate "$LEAF"
+        start_relays
         $B sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' sh "$LEAF" \
             /usr/bin/setpriv --reuid="$VM_UID" --regid="$VM_UID" --clear-groups -- \
-            $B sh "$J/command.sh" </dev/null >&3 2>&4 3>&- 4>&-
+            $B sh "$J/command.sh" </dev/null >$P/stdout 2>$P/stderr 3>&- 4>&-
         rc=$?
     else
-        $B sh "$J/command.sh" </dev/null >&3 2>&4 3>&- 4>&-
+        start_relays
+        $B sh "$J/command.sh" </dev/null >$P/stdout 2>$P/stderr 3>&- 4>&-
         rc=$?
     fi
+    # The relays end when the last writer closes; a daemon the command left holding its
+    # stdout would keep them forever, so they get 2 s.
+    ( $B sleep 2; $B kill $RELAYS ) 2>/dev/null &
+    WATCHDOG=$!
+    wait $RELAYS 2>/dev/null  # no "Terminated" lines on the command's stderr
+    $B kill $WATCHDOG 2>/dev/null
     echo $rc > "$J/status"
     $B sync
     $B reboot -f

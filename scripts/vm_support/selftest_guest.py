@@ -8,6 +8,7 @@ number of failures.  Every process a check starts is reaped and asserted gone.
 import ctypes
 import errno
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -92,7 +93,6 @@ def read_lines(fd, count, timeout=60):
     buf = b""
     deadline = time.monotonic() + timeout
     while buf.count(b"\n") < count and time.monotonic() < deadline:
-        import select
         ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
             break
