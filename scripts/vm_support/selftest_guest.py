@@ -186,14 +186,23 @@ def check_pids_max(base):
 
 
 def check_memory_max(base):
-    cgroup = make_cgroup(base, f"selftest-mem-{os.getpid()}")
-    write(f"{CG}{cgroup}/memory.max", str(32 << 20))
-    write(f"{CG}{cgroup}/memory.swap.max", "0")
-
     def body(w):
         hog = b"\x01" * (128 << 20)  # written, so every page is charged to the cgroup
         os.write(w, f"survived {len(hog)}\n".encode())
 
+    # Control case: without memory.max the same member survives.
+    cgroup = make_cgroup(base, f"selftest-nolimit-{os.getpid()}")
+    pid, r = fork_into(cgroup, body)
+    lines = read_lines(r, 2)
+    os.close(r)
+    status = reap(pid, timeout=120)
+    check("without memory.max a member writing 128M survives",
+          lines == ["in", f"survived {128 << 20}"] and status == 0, f"{lines}, status {status}")
+    remove_cgroup(cgroup)
+
+    cgroup = make_cgroup(base, f"selftest-mem-{os.getpid()}")
+    write(f"{CG}{cgroup}/memory.max", str(32 << 20))
+    write(f"{CG}{cgroup}/memory.swap.max", "0")
     pid, r = fork_into(cgroup, body)
     lines = read_lines(r, 2)
     os.close(r)
@@ -255,6 +264,14 @@ def check_userns():
           proc.returncode == 0 and proc.stdout.split()[:1] == ["0"], proc.stdout.strip().replace("\n", " | "))
 
 
+def run_step(step, *args):
+    """One group of checks; an exception (a missing interface file...) fails it, not the run."""
+    try:
+        step(*args)
+    except Exception as exc:
+        check(step.__name__, False, f"{type(exc).__name__}: {exc}")
+
+
 def main():
     uid = os.getuid()
     print(f"selftest in the VM: uid {uid}, kernel {os.uname().release}, cgroup {in_cgroup(os.getpid())}",
@@ -266,10 +283,9 @@ def main():
         base = os.environ.get("PGJOB_VM_DELEGATED_CGROUP", "")
         check("PGJOB_VM_DELEGATED_CGROUP names the delegated cgroup", base.startswith("/"), base)
         check_delegation(base, uid)
-    check_pids_max(base)
-    check_memory_max(base)
-    check_cgroup_kill(base)
-    check_userns()
+    for step in (check_pids_max, check_memory_max, check_cgroup_kill):
+        run_step(step, base)
+    run_step(check_userns)
     print(f"selftest: {len(failures)} failure(s){': ' + ', '.join(failures) if failures else ''}",
           flush=True)
     return len(failures)
