@@ -224,10 +224,12 @@ def read_until(fd, needle, timeout=60):
 def test_timeout_stops_command_and_exits_124(reaper):
     token = reaper.token()
     started = time.monotonic()
-    proc = reaper.start([*pgjob_run("--timeout", "1", "--"), *actor("sleeper", token)])
+    # 3 s, not 1: the sleeper must be up (its line read) before the timeout fires, and a
+    # Python start under Wine on a loaded machine took longer than 1 s (3.14, 2 CPUs).
+    proc = reaper.start([*pgjob_run("--timeout", "3", "--"), *actor("sleeper", token)])
     proc.read_json()
     assert proc.wait() == 124
-    assert time.monotonic() - started >= 1.0
+    assert time.monotonic() - started >= 3.0
 
 
 @posix_only

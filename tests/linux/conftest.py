@@ -140,23 +140,31 @@ class Owner:
         return wait_until(lambda: not any(alive(m) for m in self.members), timeout)
 
 
-def unprivileged_python():
-    """An interpreter uid 65534 may run that loads the extension we built (same ABI tag):
-    pyenv's lives under /root, which nobody can't enter."""
+# The uids a root test drops to. 1500 is an ordinary user's (scripts/setup makes pgjob-tester);
+# 65534 is "nobody" and also the kernel's overflow uid, what any unmapped id reads as: a uid_map
+# written with the wrong id still looks right as 65534, so every such test runs with both.
+UNPRIVILEGED_UIDS = [1500, 65534]
+
+
+def unprivileged_python(uid):
+    """An interpreter `uid` may run that loads the extension we built (same ABI tag): pyenv's
+    own lives under /root, which no other user can enter (scripts/test runs world-readable
+    copies of them)."""
     if os.geteuid() != 0:
-        pytest.skip("not root: can't drop to an unprivileged uid (the suite already runs unprivileged)")
+        pytest.skip("not root: can't switch to another uid (the suite itself also runs as an "
+                    "ordinary user)")
     for candidate in (sys.executable, "/usr/bin/python3", shutil.which("python3") or ""):
         if not candidate or not os.path.exists(candidate):
             continue
         try:
             check = subprocess.run(
                 [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                user=65534, group=65534, extra_groups=[], capture_output=True, text=True, cwd="/")
+                user=uid, group=uid, extra_groups=[], capture_output=True, text=True, cwd="/")
         except PermissionError:
             continue
         if check.returncode == 0 and check.stdout.strip() == "%d.%d" % sys.version_info[:2]:
             return candidate
-    pytest.skip("no Python %d.%d that uid 65534 can run" % sys.version_info[:2])
+    pytest.skip("no Python %d.%d that uid %d can run" % (*sys.version_info[:2], uid))
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from conftest import alive, kill_quietly, unprivileged_python
+from conftest import UNPRIVILEGED_UIDS, alive, kill_quietly, unprivileged_python
 from proc_helpers import wait_until
 
 pytestmark = pytest.mark.linux
@@ -113,18 +113,20 @@ def test_protect_children_covers_plain_subprocess_children(owner_factory, scenar
     assert owner.members_gone(timeout=5), [m for m in owner.members if alive(m)]
 
 
+@pytest.mark.parametrize("uid", UNPRIVILEGED_UIDS)
 @pytest.mark.parametrize("scenario", ["mixed", "thread"])
-def test_unprivileged_owner_gets_a_user_and_pid_namespace(owner_factory, scenario):
-    """Designed for non-root: as uid 65534 the kernel needs CLONE_NEWUSER too."""
-    owner = owner_factory(scenario, "pid_namespace", user=65534, python=unprivileged_python())
+def test_unprivileged_owner_gets_a_user_and_pid_namespace(owner_factory, scenario, uid):
+    """Designed for non-root: as an ordinary uid the kernel needs CLONE_NEWUSER too."""
+    owner = owner_factory(scenario, "pid_namespace", user=uid, python=unprivileged_python(uid))
     assert owner.info["mechanism"] == "pid_namespace"
     assert any("unprivileged user namespace" in line for line in owner.info["log"])
     owner.sigkill()
     assert owner.members_gone(timeout=5)
 
 
-def test_unprivileged_protect_children(owner_factory):
-    owner = owner_factory("tree", "protect", user=65534, python=unprivileged_python())
+@pytest.mark.parametrize("uid", UNPRIVILEGED_UIDS)
+def test_unprivileged_protect_children(owner_factory, uid):
+    owner = owner_factory("tree", "protect", user=uid, python=unprivileged_python(uid))
     assert owner.info["mechanism"] == "pid_namespace", owner.info["log"]
     owner.sigkill()
     assert owner.members_gone(timeout=5)

@@ -158,8 +158,14 @@ def test_owner_leaving_the_with_block_repeatedly_leaves_no_survivor(mechanism, s
     assert survivors == 0
 
 
-def _unprivileged_python():
-    """An interpreter uid 65534 can run, of our version (pyenv's lives under /root)."""
+# As in tests/linux/conftest.py: an ordinary user's uid (scripts/setup makes pgjob-tester), and
+# 65534, which is also the kernel's overflow uid and so hides a wrongly written uid_map.
+UNPRIVILEGED_UIDS = [1500, 65534]
+
+
+def _unprivileged_python(uid):
+    """An interpreter `uid` can run, of our version (pyenv's own lives under /root; scripts/test
+    runs world-readable copies)."""
     if os.geteuid() != 0:
         return None
     for candidate in (sys.executable, "/usr/bin/python3"):
@@ -167,7 +173,7 @@ def _unprivileged_python():
             continue
         try:
             out = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"],
-                                 user=65534, group=65534, extra_groups=[], cwd="/",
+                                 user=uid, group=uid, extra_groups=[], cwd="/",
                                  capture_output=True, text=True)
         except PermissionError:
             continue
@@ -176,18 +182,22 @@ def _unprivileged_python():
     return None
 
 
+@pytest.mark.parametrize("uid", UNPRIVILEGED_UIDS)
 @pytest.mark.parametrize("scenario", ["mixed", "thread"])
-def test_unprivileged_owner_sigkilled_repeatedly_leaves_no_survivor(scenario):
-    python = _unprivileged_python()
+def test_unprivileged_owner_sigkilled_repeatedly_leaves_no_survivor(scenario, uid):
+    if os.geteuid() != 0:
+        pytest.skip("not root: can't switch to another uid (the suite itself also runs as an "
+                    "ordinary user)")
+    python = _unprivileged_python(uid)
     if python is None:
-        pytest.skip("needs root and a Python uid 65534 can run")
+        pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {uid} can run")
     members = survivors = 0
     for _ in range(REPETITIONS):
-        n, left, info = _owner_round("pid_namespace", scenario, "kill", user=65534, python=python)
+        n, left, info = _owner_round("pid_namespace", scenario, "kill", user=uid, python=python)
         assert info["mechanism"] == "pid_namespace"
         members += n
         survivors += left
-    report(f"linux-orphans sigkill unprivileged pid_namespace/{scenario}",
+    report(f"linux-orphans sigkill unprivileged uid {uid} pid_namespace/{scenario}",
            repetitions=REPETITIONS, members=members, survivors=survivors)
     assert survivors == 0
 

@@ -1,5 +1,6 @@
 /* pyconfig.h for cross-compiling extension modules with MinGW-w64 (x86_64) against the
- * python.org Windows CPython 3.11 / 3.13 DLL (MSVC-built, release, GIL-enabled).
+ * python.org Windows CPython 3.9 / 3.11 / 3.12 / 3.13 / 3.14 DLL (MSVC-built, release,
+ * GIL-enabled).
  *
  * Why a hand-written one: the local CPython's include dir carries the Linux pyconfig.h
  * (LONG is 8 bytes there, etc.).  scripts/winepy copies the headers into its cache and
