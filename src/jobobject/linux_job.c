@@ -231,7 +231,10 @@ report:
             } else if (command == PGJOB_INIT_TERMINATE) {
                 /* Every process of the namespace but us. One call is enough even against
                  * a forking member: the kernel restarts a fork that a fatal signal hits. */
-                kill(-1, SIGKILL);
+                /* Only as PID 1: anywhere else kill(-1) would reach every process this
+                 * uid may signal outside the namespace. */
+                if (getpid() == 1)
+                    kill(-1, SIGKILL);
                 write_all(fds[1].fd, &command, 1);
             } else if (command == PGJOB_INIT_DETACH && action < PGJOB_INIT_DRAIN) {
                 action = PGJOB_INIT_DRAIN;
