@@ -50,9 +50,9 @@ requirements=(pytest mypy)
 [ -f "$work/src/requirements-test.txt" ] && requirements+=(-r "$work/src/requirements-test.txt")
 "$vw" -m pip install -q --disable-pip-version-check "$wheel" "${requirements[@]}"
 # Tests from a copy outside the source tree: `import pgjob` must find the installed wheel.
-# (scripts/ too: some tests load helper scripts from there.)
+# (scripts/ too: some tests load helper scripts from there; docs/ and README.md: test_docs runs their code blocks.)
 mkdir -p "$work/run" && cp -r "$work/src/tests" "$work/src/examples" "$work/src/scripts" \
-    "$work/src/pyproject.toml" "$work/run/"
+    "$work/src/pyproject.toml" "$work/src/docs" "$work/src/README.md" "$work/run/"
 # tests/linux hands owner processes run by other interpreters/users PYTHONPATH=<tests>/../src:
 # give them the wheel's installed package there, so they too run what the wheel installed.
 mkdir -p "$work/run/src"

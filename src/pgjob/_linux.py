@@ -684,13 +684,15 @@ class _Init:
                     if os.read(self.control, 1) in (b"", bytes([c.PGJOB_INIT_TERMINATE])):
                         return
 
-    def exited(self) -> bool:
-        """Has the init exited (a zombie counts)? Its pidfd turns readable then."""
+    def exited(self, wait_ms: int = 0) -> bool:
+        """Has the init exited (a zombie counts)? Its pidfd turns readable then, which can
+        come a little after the kernel already refuses new processes in the namespace: wait
+        up to `wait_ms` for it."""
         if self.pidfd < 0:
             return True
         poller = select.poll()
         poller.register(self.pidfd, select.POLLIN)
-        return bool(poller.poll(0))
+        return bool(poller.poll(wait_ms))
 
     def kill(self) -> None:
         """The namespace dies with its init: the kernel SIGKILLs every process in it."""
@@ -752,7 +754,7 @@ class NamespaceJob(_LinuxJob):
         except OSError as exc:
             # A namespace whose init has exited takes no new process: the kernel refuses the
             # clone with ENOMEM. Asking the init's pidfd tells that apart from a real ENOMEM.
-            if not init.exited():
+            if not init.exited(wait_ms=1000):
                 raise
             raise JobClosedError(
                 errno.EBADF, f"the job's PID namespace is gone: its init (pid {init.pid}) has "
