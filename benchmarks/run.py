@@ -291,7 +291,7 @@ def bench_teardown(quick):
     else:
         sizes = {1: 5, 10: 5, 100: 3, 1000: 2} if quick else {1: 20, 10: 20, 100: 10, 1000: 6}
         sides = ["pgjob", "raw_unshare"]
-        from pgjob import _linux
+        from pgjob import _linux_helpers as _linux
         _, map_ids = _linux.namespace_flags()
         once = lambda side, n: teardown_once_linux(side, n, map_ids)  # noqa: E731
         reference = "raw_unshare"

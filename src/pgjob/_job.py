@@ -115,19 +115,38 @@ class Job:
         _LIVE_JOBS.add(self)
 
     def _open_backend(self) -> JobBackend:
-        try:
-            return _backend.open_job(self._options)
-        except OSError as exc:
-            err = _errors.classify(exc, "create")
-            # Never a silent downgrade: a job with limits ("none" can't enforce them) or a
-            # mechanism asked for by name raises whatever on_unavailable says.
-            if (not isinstance(err, _UNAVAILABLE) or self._options.on_unavailable == "raise"
-                    or self._options.has_limits or self._options.mechanism is not None):
-                if err is exc:
-                    raise
-                raise err from exc
-            _log_unprotected("could not create a job", err)
-            return _unprotected.UnprotectedJob(self._options)
+        """The one place a mechanism is chosen: the one named, or the backend's candidates
+        best first. A failure that means "unavailable here" moves on to the next candidate
+        (logged, naming what is lost), and after the last to "none" (logged as the
+        PostgreSQL patch does); anything else raises. Never a silent downgrade: a job with
+        limits or a named mechanism raises, and so does any with on_unavailable="raise"."""
+        options = self._options
+        named = options.mechanism
+        candidates = [named] if named is not None else _backend.candidates(options)
+        strict = options.on_unavailable == "raise" or options.has_limits or named is not None
+        err: Optional[BaseException] = None
+        for i, name in enumerate(candidates):
+            try:
+                return _backend.open_mechanism(name, options)
+            except OSError as exc:
+                err = _errors.classify(exc, "create")
+                if not isinstance(err, _UNAVAILABLE) or strict:
+                    if err is exc:
+                        raise
+                    raise err from exc
+            if i + 1 < len(candidates):
+                fallback = candidates[i + 1]
+                logger.warning("mechanism=%s is unavailable: %s (errno %s); falling back to "
+                               "mechanism=%s: %s", name, getattr(err, "strerror", None) or err,
+                               getattr(err, "errno", None), fallback,
+                               _backend.GUARANTEES.get(fallback, "weaker protection"))
+        if err is None:  # no candidate at all on this platform
+            err = UnsupportedError(errno.EOPNOTSUPP,
+                                   f"pgjob has no process-containment mechanism on {sys.platform}")
+            if strict:
+                raise err
+        _log_unprotected("could not create a job", err)
+        return _unprotected.UnprotectedJob(options)
 
     # -- state -------------------------------------------------------------------------
 

@@ -1,385 +1,47 @@
-"""Linux backend: a Job owns one PID namespace whose PID 1 is a small C init that dies with
+"""Linux backends: a Job owns one PID namespace whose PID 1 is a small C init that dies with
 the owner process, so the kernel kills the whole tree (mechanism "pid_namespace"); each
 job.popen() child enters that namespace as it is created, staying a child of this process;
 where namespaces are refused, direct children get PR_SET_PDEATHSIG ("pdeathsig", weaker,
 see docs/linux.md).
 
+The backend is split by responsibility:
+  _procfs.py         what is read from /proc, and descriptor hygiene;
+  _linux_spawn.py    the spawn adapter (Popen's _execute_child with our fork_exec);
+  _linux_helpers.py  the lives of the helper processes (a namespace's init) and the fork hook;
+  _linux.py          the backends (this module), one class per mechanism.
+Which mechanism a Job gets, and what it falls back to, is decided in one place: _job.Job.
+
 subprocess.Popen keeps doing everything it does (argument and env conversion, pipes,
 errpipe protocol, communicate, timeouts); only its one call to _posixsubprocess.fork_exec is
-routed to _jobobject.spawn, by running Popen's own _execute_child code with a globals mapping
-in which that one name differs. Nothing global is patched. That call's shape is private and
-changes between CPython versions (_FORK_EXEC_SHAPES has each one); it is checked at import,
-and a Python that no longer matches gets a RuntimeWarning and a log line naming its version
-then, and an UnsupportedError from job.popen() (see _check_fork_exec_interface).
+routed to _jobobject.spawn (_linux_spawn.py). Nothing global is patched.
 
 Every descriptor kept here is above 2 and close-on-exec, and a child of os.fork() holds
-none of them: its copy of every backend object is inert (_after_fork_in_child).
+none of them: its copy of every backend object is inert (_linux_helpers._after_fork_in_child).
 """
 from __future__ import annotations
 
 import collections
 import errno
-import fcntl
 import os
-import queue
 import select
 import signal
-import sys
 import threading
 import time
-import types
-import warnings
-import weakref
 from typing import TYPE_CHECKING, Optional
 
-from . import _errors
 from . import _jobobject as c
 from ._base import EventKind, JobBackend, JobOptions, records as _records
 from ._errors import JobClosedError, ProcessExitedError, UnsupportedError
 from ._log import logger
-from ._unprotected import UnprotectedJob
+from ._linux_helpers import (_HOLDERS, _Init, _leave_pid_namespace_for_children, _map_own_ids,
+                             _reap_inits, _start_job_init)
+from ._linux_spawn import _SPAWN_THREAD, _execute_child_with, _spawn
+from ._procfs import (_close_quietly, _cpu_times, _descendants, _namespace_members, _nspid_depth,
+                      _pid_namespace, _pid_namespace_for_children, _pipe_above_stdio, _running,
+                      _signal_quietly, _stat_fields)
 
 if TYPE_CHECKING:
     from ._records import JobEvent, JobStats
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-# Popen reads "noexec:chdir" from the errpipe as "chdir(cwd) failed" since Python 3.13.
-_CHDIR_MARKER = sys.version_info >= (3, 13)
-
-
-# -- descriptors pgjob keeps -----------------------------------------------------------------
-
-def _above_stdio(fd: int) -> int:
-    """`fd`, moved above 2 if it landed on 0, 1 or 2 (the caller had closed one), and
-    close-on-exec either way. A descriptor of ours on 0-2 would be replaced the moment the
-    caller restores its stdin/stdout/stderr with dup2, and we would go on using the caller's
-    file as our pidfd or namespace."""
-    if fd > 2:
-        return fd
-    try:
-        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-    finally:
-        os.close(fd)
-
-
-def _pipe_above_stdio() -> tuple:
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        read_end = _above_stdio(read_end)
-    except BaseException:
-        os.close(write_end)
-        raise
-    try:
-        return read_end, _above_stdio(write_end)
-    except BaseException:
-        os.close(read_end)
-        raise
-
-
-def _open_above_stdio(path: str) -> int:
-    return _above_stdio(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-
-
-# -- procfs ---------------------------------------------------------------------------------
-
-def _all_pids() -> list:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _pid_namespace(pid) -> Optional[tuple]:
-    """(st_dev, st_ino) of the PID namespace `pid` (or "self") lives in; None if it is gone.
-
-    A process that exits between listing /proc and this stat is a benign race: it is no
-    member any more, so "gone" is the right answer."""
-    try:
-        st = os.stat(f"/proc/{pid}/ns/pid")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def _stat_fields(pid: int) -> Optional[list]:
-    """Fields of /proc/<pid>/stat after the command name (field 3, "state", is index 0)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None  # exited since it was listed
-    return data[data.rindex(b")") + 2:].split()
-
-
-def _nspid_depth(pid) -> int:
-    """How many PID namespaces `pid` is nested in (1: the initial one), from NSpid."""
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"NSpid:"):
-                return len(line.split()) - 1
-    return 1
-
-
-def _running(pid: int) -> bool:
-    """Not exited: a zombie is waiting for its parent (Popen) to reap it, and no member."""
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] not in (b"Z", b"X")
-
-
-def _namespace_members(namespaces: set, inits: set) -> list:
-    """Host pids of the running processes in one of `namespaces` (as _pid_namespace returns
-    them), pgjob's own inits (`inits`) left out."""
-    if not namespaces:
-        return []
-    return [pid for pid in _all_pids()
-            if pid not in inits and _pid_namespace(pid) in namespaces and _running(pid)]
-
-
-def _descendants(roots: list) -> list:
-    """`roots` and every process whose parent chain leads to one of them (one /proc pass)."""
-    children = collections.defaultdict(list)
-    for pid in _all_pids():
-        fields = _stat_fields(pid)
-        if fields is not None:
-            children[int(fields[1])].append(pid)
-    found, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, ()))
-    return sorted(found)
-
-
-def _cpu_times(pids: list) -> tuple:
-    """User and system seconds of `pids` plus the children each of them has reaped."""
-    user = system = 0
-    for pid in pids:
-        fields = _stat_fields(pid)
-        if fields is not None:
-            # utime, stime, cutime, cstime are fields 14-17 of /proc/<pid>/stat.
-            user += int(fields[11]) + int(fields[13])
-            system += int(fields[12]) + int(fields[14])
-    return user / _CLK_TCK, system / _CLK_TCK
-
-
-# -- running Popen._execute_child with our spawn ------------------------------------------------
-
-# How each CPython's Popen._execute_child calls _posixsubprocess.fork_exec: the positional
-# arguments in order (checked against Lib/subprocess.py of each version), and the global name
-# it calls it by. The entry for the newest version at or below the running one applies.
-_FORK_EXEC_HEAD = (
-    "args", "executables", "close_fds", "fds_to_keep", "cwd", "env", "p2cread", "p2cwrite",
-    "c2pread", "c2pwrite", "errread", "errwrite", "errpipe_read", "errpipe_write",
-    "restore_signals", "start_new_session")
-_FORK_EXEC_SHAPES = (
-    # 3.9, 3.10: 21 arguments, called as _posixsubprocess.fork_exec
-    ((3, 9), "_posixsubprocess",
-     _FORK_EXEC_HEAD + ("gid", "groups", "uid", "umask", "preexec_fn")),
-    # 3.11 - 3.13: 23, process_group added, allow_vfork (_USE_VFORK) at the end
-    ((3, 11), "_fork_exec",
-     _FORK_EXEC_HEAD + ("process_group", "gid", "groups", "uid", "umask", "preexec_fn",
-                        "allow_vfork")),
-    # 3.14, 3.15: 22, allow_vfork dropped (subprocess._USE_VFORK is gone)
-    ((3, 14), "_fork_exec",
-     _FORK_EXEC_HEAD + ("process_group", "gid", "groups", "uid", "umask", "preexec_fn")),
-)
-_NEWEST_CHECKED = (3, 15)  # the last version whose subprocess.py the table was checked against
-
-
-def _fork_exec_shape(version: tuple) -> tuple:
-    """(name _execute_child calls fork_exec by, argument names) for Python `version`."""
-    found: tuple = _FORK_EXEC_SHAPES[0]
-    for shape in _FORK_EXEC_SHAPES:
-        if tuple(version[:2]) >= shape[0]:
-            found = shape
-    return found[1], found[2]
-
-
-def _fork_exec_interface_problem(execute_child, fork_exec, version: tuple) -> Optional[str]:
-    """What is wrong with the private interface pgjob hooks into, for Python `version`; None if
-    it looks as the table says. Checked: the globals _execute_child reads and that we replace
-    (the fork_exec name, _USE_POSIX_SPAWN) exist, and, where fork_exec has a text signature
-    (3.12+), that it takes the number of arguments we unpack."""
-    hook, names = _fork_exec_shape(version)
-    where = f"Python {version[0]}.{version[1]}"
-    used = execute_child.__code__.co_names
-    for name in (hook, "_USE_POSIX_SPAWN"):
-        if name not in used or name not in execute_child.__globals__:
-            return (f"{where}: subprocess.Popen._execute_child no longer uses {name}, which "
-                    f"pgjob replaces to start processes in a job")
-    signature = getattr(fork_exec, "__text_signature__", None)
-    if signature:
-        params = [p.strip() for p in signature.strip("()").split(",")]
-        params = [p for p in params if p and p not in ("$module", "/")]
-        if len(params) != len(names):
-            return (f"{where}: _posixsubprocess.fork_exec takes {len(params)} arguments, "
-                    f"pgjob knows the {len(names)}-argument form of this version")
-    return None
-
-
-def _check_fork_exec_interface() -> Optional[str]:
-    """Run once at import: pgjob says at once, naming the Python version, when this Python's
-    subprocess internals are not the ones it knows, instead of failing on the first spawn. The
-    problem is logged and warned about (RuntimeWarning) here, and every job.popen() on Linux then
-    raises UnsupportedError with the same text. A version newer than the table's last checked
-    one is used with the newest shape if it passes the check, and logged at debug level."""
-    import subprocess
-    try:
-        import _posixsubprocess
-    except ImportError:
-        return f"Python {sys.version_info[0]}.{sys.version_info[1]} has no _posixsubprocess"
-    problem = _fork_exec_interface_problem(
-        subprocess.Popen._execute_child,  # type: ignore[attr-defined]
-        _posixsubprocess.fork_exec, sys.version_info)
-    if problem is not None:
-        logger.warning("%s: job.popen() is unavailable on this Python", problem)
-        warnings.warn(f"pgjob: {problem}: job.popen() is unavailable on this Python",
-                      RuntimeWarning, stacklevel=2)
-    elif sys.version_info[:2] > _NEWEST_CHECKED:
-        logger.debug("Python %d.%d is newer than the last one pgjob's fork_exec table was checked "
-                     "against (%d.%d); its interface passed the import check",
-                     sys.version_info[0], sys.version_info[1], *_NEWEST_CHECKED)
-    return problem
-
-
-_FORK_EXEC_HOOK, _FORK_EXEC_ARGS = _fork_exec_shape(sys.version_info)
-_INTERFACE_PROBLEM = _check_fork_exec_interface()
-
-
-class _PosixsubprocessWithJob:
-    """Stands in for the _posixsubprocess module (Python 3.9/3.10 call it by module name):
-    every attribute is the real module's, except fork_exec."""
-
-    def __init__(self, fork_exec) -> None:
-        import _posixsubprocess
-        self._module = _posixsubprocess
-        self.fork_exec = fork_exec
-
-    def __getattr__(self, name: str):
-        return getattr(self._module, name)
-
-
-def _execute_child_with(execute_child, fork_exec):
-    if _INTERFACE_PROBLEM is not None:
-        raise UnsupportedError(errno.EOPNOTSUPP, f"{_INTERFACE_PROBLEM}: job.popen() is "
-                               "unavailable on this Python")
-    namespace = dict(execute_child.__globals__)
-    # posix_spawn would bypass fork_exec: always take the fork_exec path.
-    namespace["_USE_POSIX_SPAWN"] = False
-    if _FORK_EXEC_HOOK == "_fork_exec":
-        namespace["_fork_exec"] = fork_exec
-    else:
-        namespace["_posixsubprocess"] = _PosixsubprocessWithJob(fork_exec)
-    return types.FunctionType(execute_child.__code__, namespace, execute_child.__name__,
-                              execute_child.__defaults__, execute_child.__closure__)
-
-
-def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool) -> tuple:
-    """Call _jobobject.spawn with what subprocess passed to _posixsubprocess.fork_exec;
-    (pid, pidfd) of the program."""
-    if len(fork_exec_args) != len(_FORK_EXEC_ARGS):
-        raise UnsupportedError(
-            errno.EOPNOTSUPP, f"Python {sys.version_info[0]}.{sys.version_info[1]} called "
-            f"fork_exec with {len(fork_exec_args)} arguments; pgjob knows the "
-            f"{len(_FORK_EXEC_ARGS)}-argument form of this version")
-    a = dict(zip(_FORK_EXEC_ARGS, fork_exec_args))
-    if a["preexec_fn"] is not None:
-        raise UnsupportedError(
-            errno.EINVAL, "preexec_fn is not supported by pgjob on Linux: the child is set up in C "
-            "between clone and exec, where running Python is unsafe. Use start_new_session, "
-            "process_group, umask, user/group/extra_groups, cwd or env, or do the setup in the "
-            "child program itself.")
-    gid, groups, uid, cwd = a["gid"], a["groups"], a["uid"], a["cwd"]
-    return c.spawn(
-        [os.fsencode(arg) for arg in a["args"]], tuple(a["executables"]), a["env"],
-        None if cwd is None else os.fsencode(cwd), bool(a["close_fds"]), tuple(a["fds_to_keep"]),
-        a["p2cread"], a["p2cwrite"], a["c2pread"], a["c2pwrite"], a["errread"], a["errwrite"],
-        a["errpipe_read"], a["errpipe_write"], bool(a["restore_signals"]),
-        bool(a["start_new_session"]), a.get("process_group", -1),
-        -1 if gid is None else gid, None if groups is None else tuple(groups),
-        -1 if uid is None else uid, a["umask"], pidns_fd, userns_fd, pdeathsig, _CHDIR_MARKER)
-
-
-class _SpawnThread:
-    """PR_SET_PDEATHSIG fires when the parent *thread* exits (golang/go#27505), so a pdeathsig
-    child (or a namespace's init) made from a worker thread would die with that thread. Such
-    clones run here, on one thread that lives as long as the process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: "queue.SimpleQueue" = queue.SimpleQueue()
-        self._pid = -1
-
-    def after_fork_in_child(self) -> None:
-        """The thread is not in the child, and its lock may have been held by another thread
-        at the fork: start afresh (call() starts a new thread on first use)."""
-        self._lock = threading.Lock()
-        self._requests = queue.SimpleQueue()
-        self._pid = -1
-
-    def call(self, fn, *args):
-        if threading.current_thread() is threading.main_thread():
-            return fn(*args)
-        with self._lock:
-            if self._pid != os.getpid():  # first use, or we are a fork of the process that had it
-                self._requests = queue.SimpleQueue()
-                threading.Thread(target=self._serve, args=(self._requests,),
-                                 name="pgjob-spawner", daemon=True).start()
-                self._pid = os.getpid()
-            requests = self._requests
-        done = threading.Event()
-        box: list = [None, None]
-        requests.put((fn, args, box, done))
-        done.wait()
-        if box[1] is not None:
-            raise box[1]
-        return box[0]
-
-    @staticmethod
-    def _serve(requests) -> None:
-        while True:
-            fn, args, box, done = requests.get()
-            try:
-                box[0] = fn(*args)
-            except BaseException as exc:  # handed to the caller's thread
-                box[1] = exc
-            finally:
-                done.set()
-
-
-_SPAWN_THREAD = _SpawnThread()
-
-
-# -- the job backends ---------------------------------------------------------------------------
-
-def _close_quietly(fd: int) -> None:
-    if fd >= 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass  # not open (any more): nothing to release
-
-
-# Every backend object that holds descriptors, so that a fork's copies can be made inert.
-_HOLDERS: "weakref.WeakSet" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    """os.fork() copied our descriptors and module state into the child: none of it may act
-    there on the owner's namespaces, inits or members (guarantee 12 of STYLE.md)."""
-    global _UNREAPED_LOCK
-    owner = _OWNER_PID[0]
-    _OWNER_PID[0] = os.getpid()
-    _SPAWN_THREAD.after_fork_in_child()
-    for holder in list(_HOLDERS):
-        holder.after_fork_in_child(owner)
-    _UNREAPED_LOCK = threading.Lock()
-    for fd in _UNREAPED_INITS:  # the owner's children: the owner reaps them, not a fork
-        _close_quietly(fd)
-    _UNREAPED_INITS.clear()
-
-
-_OWNER_PID = [os.getpid()]
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Member:
@@ -596,139 +258,6 @@ class _LinuxJob(JobBackend):
         self._wake_read = self._wake_write = -1
 
 
-_KILLED_INIT_WAIT_MS = 20  # how long close() waits for a killed init before reaping it later
-_UNREAPED_INITS: list = []  # pidfds of inits we no longer use that had not exited yet
-_UNREAPED_LOCK = threading.Lock()
-
-
-def _reaped(pidfd: int) -> bool:
-    try:
-        return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is not None
-    except ChildProcessError:
-        return True  # someone's waitpid(-1) reaped it already: nothing left to do
-
-
-def _reap_inits(pidfd: int = -1) -> None:
-    """Reap the inits we let go of, now or on a later call. A killed init stays a zombie-to-be
-    until every member has been reaped by its own parent (the kernel waits for them before it
-    lets a namespace's init go), so Popen.wait() may come first: like subprocess's _active."""
-    with _UNREAPED_LOCK:
-        if pidfd >= 0:
-            _UNREAPED_INITS.append(pidfd)
-        for fd in list(_UNREAPED_INITS):
-            if _reaped(fd):
-                _UNREAPED_INITS.remove(fd)
-                os.close(fd)
-
-
-class _Init:
-    """PID 1 of a namespace pgjob made (a job's, or protect_children()'s reaper), and the
-    descriptors that reach it: its pidfd, the control socket, the namespace files to setns."""
-
-    __slots__ = ("pid", "pidfd", "control", "pidns_fd", "userns_fd", "namespace", "_lock",
-                 "__weakref__")
-
-    def __init__(self, pid: int, pidfd: int, control: int, with_userns: bool) -> None:
-        self.pid, self.pidfd, self.control = pid, pidfd, control
-        self.pidns_fd = self.userns_fd = -1
-        self._lock = threading.Lock()
-        _HOLDERS.add(self)
-        try:
-            # Our child and not reaped: the pid can't name another process meanwhile.
-            self.pidns_fd = _open_above_stdio(f"/proc/{pid}/ns/pid")
-            if with_userns:
-                self.userns_fd = _open_above_stdio(f"/proc/{pid}/ns/user")
-        except OSError:
-            self.kill()
-            self.release()
-            raise
-        st = os.fstat(self.pidns_fd)
-        self.namespace = (st.st_dev, st.st_ino)
-
-    def after_fork_in_child(self, owner: int) -> None:
-        """In a child of os.fork(): close the child's copies. Above all the control socket,
-        whose EOF tells the init that the owner exec'd or died: a fork must not keep it open,
-        nor ever kill, terminate or detach the owner's namespace."""
-        self._lock = threading.Lock()
-        for fd in (self.control, self.pidns_fd, self.userns_fd, self.pidfd):
-            _close_quietly(fd)
-        self.control = self.pidns_fd = self.userns_fd = self.pidfd = -1
-
-    def terminate_members(self, timeout: float = 5.0) -> None:
-        """SIGKILL every process in the namespace but the init, which stays for later spawns;
-        returns once the init has sent them the signal."""
-        if self.pidfd < 0 or self.control < 0:
-            return  # released (or a fork's inert copy): nothing of ours to act on
-        try:
-            # A stopped init could not answer: let it run (it ignores the signal itself).
-            signal.pidfd_send_signal(self.pidfd, signal.SIGCONT)
-        except ProcessLookupError:
-            return  # the init is gone, and with it every member
-        with self._lock:
-            try:
-                os.write(self.control, bytes([c.PGJOB_INIT_TERMINATE]))
-            except BrokenPipeError:
-                return  # the init exited: so did the namespace
-            poller = select.poll()
-            poller.register(self.control, select.POLLIN)
-            poller.register(self.pidfd, select.POLLIN)
-            deadline = time.monotonic() + timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(errno.ETIMEDOUT, f"the job's init (pid {self.pid}) did "
-                                       f"not answer the terminate request in {timeout} s")
-                for fd, _ in poller.poll(max(1, int(remaining * 1000))):
-                    if fd == self.pidfd:
-                        return  # the init exited: the kernel kills the namespace
-                    if os.read(self.control, 1) in (b"", bytes([c.PGJOB_INIT_TERMINATE])):
-                        return
-
-    def exited(self, wait_ms: int = 0) -> bool:
-        """Has the init exited (a zombie counts)? Its pidfd turns readable then, which can
-        come a little after the kernel already refuses new processes in the namespace: wait
-        up to `wait_ms` for it."""
-        if self.pidfd < 0:
-            return True
-        poller = select.poll()
-        poller.register(self.pidfd, select.POLLIN)
-        return bool(poller.poll(wait_ms))
-
-    def kill(self) -> None:
-        """The namespace dies with its init: the kernel SIGKILLs every process in it."""
-        if self.pidfd < 0:
-            return  # released (or a fork's inert copy)
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # exited already, and the namespace with it
-
-    def detach(self) -> None:
-        """Let the members outlive the job and the owner: the init stays until they are gone."""
-        if self.control < 0:
-            return  # released (or a fork's inert copy)
-        try:
-            os.write(self.control, bytes([c.PGJOB_INIT_DETACH]))
-        except OSError:
-            pass  # the init is gone: nothing left to detach from
-
-    def release(self, killed: bool = False) -> None:
-        for fd in (self.control, self.pidns_fd, self.userns_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.control = self.pidns_fd = self.userns_fd = -1
-        if self.pidfd >= 0:
-            if killed:
-                # Usually gone within a millisecond: reap it now rather than leave it (and
-                # its pidfd) for later. It takes longer only while members' zombies wait for
-                # their parent, and then _reap_inits() comes back to it.
-                poller = select.poll()
-                poller.register(self.pidfd, select.POLLIN)
-                poller.poll(_KILLED_INIT_WAIT_MS)
-            _reap_inits(self.pidfd)
-            self.pidfd = -1
-
-
 class NamespaceJob(_LinuxJob):
     """One PID namespace per job, created with the job; its init (pgjob C code, PID 1) reaps
     orphans and exits with the owner process (or when the job is closed), and then the kernel
@@ -911,92 +440,6 @@ class PdeathsigJob(_LinuxJob):
             _signal_quietly(pid, signal.SIGKILL)
 
 
-def _signal_quietly(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass  # exited since we listed it
-
-
-def _map_own_ids(uid: int, gid: int) -> None:
-    """After unshare(CLONE_NEWUSER): map our uid/gid (as read before the unshare) onto
-    themselves (one line each is what an unprivileged process may write)."""
-    try:
-        with open("/proc/self/uid_map", "w") as f:
-            f.write(f"{uid} {uid} 1\n")
-        try:
-            with open("/proc/self/setgroups", "w") as f:
-                f.write("deny")
-        except FileNotFoundError:
-            pass  # kernels before 3.19
-        with open("/proc/self/gid_map", "w") as f:
-            f.write(f"{gid} {gid} 1\n")
-    except OSError as exc:
-        exc.syscall = "write /proc/self/uid_map"  # what classify() keys on, as from C
-        raise
-
-
-def _leave_pid_namespace_for_children() -> None:
-    """Undo unshare(CLONE_NEWPID) for this thread: point its children back at our own namespace."""
-    try:
-        fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            c.setns(fd, c.CLONE_NEWPID)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        logger.warning("could not return to this process's PID namespace: %s", exc)
-
-
-# -- choosing a mechanism -------------------------------------------------------------------------
-
-_NAMESPACE_FLAGS: dict = {}  # pid -> (clone_flags, map_ids) that worked in that process
-
-
-def _start_job_init(options: JobOptions) -> tuple:
-    """Start the init of a new PID namespace for a job: (_Init, clone_flags, map_ids).
-    CLONE_NEWPID alone works with CAP_SYS_ADMIN, else an unprivileged user namespace is
-    needed too; which one works is remembered per process. Raises the OSError of the last
-    attempt if the kernel refuses both."""
-    # kill_on_close: the namespace dies with the owner. Otherwise members outlive the owner
-    # (as on Windows), and the init stays until the namespace is empty.
-    on_exit = c.PGJOB_INIT_KILL if options.kill_on_close else c.PGJOB_INIT_DRAIN
-    found = _NAMESPACE_FLAGS.get(os.getpid())
-    candidates = [found] if found else [(c.CLONE_NEWPID, False),
-                                        (c.CLONE_NEWUSER | c.CLONE_NEWPID, True)]
-    failure = None
-    for flags, map_ids in candidates:
-        try:
-            if options.kill_on_close:
-                # The init arms PR_SET_PDEATHSIG, which follows the thread that clones it.
-                pid, pidfd, control = _SPAWN_THREAD.call(c.start_init, flags, map_ids,
-                                                         on_exit, on_exit, True)
-            else:
-                pid, pidfd, control = c.start_init(flags, map_ids, on_exit, on_exit, False)
-        except OSError as exc:
-            logger.debug("clone3(0x%x) for a job's init: %s", flags, exc)
-            failure = exc
-            continue
-        _NAMESPACE_FLAGS[os.getpid()] = (flags, map_ids)
-        logger.debug("started the job's init: pid %d, clone3 flags 0x%x%s", pid, flags,
-                     ", unprivileged user namespace" if map_ids else "")
-        return _Init(pid, pidfd, control, map_ids), flags, map_ids
-    assert failure is not None
-    raise failure
-
-
-def namespace_flags() -> tuple:
-    """The clone flags that give a job its own PID namespace here, and whether a user
-    namespace (with our ids mapped) is part of it; probed once per process."""
-    found = _NAMESPACE_FLAGS.get(os.getpid())
-    if found is not None:
-        return found
-    init, flags, map_ids = _start_job_init(JobOptions())
-    init.kill()
-    init.release(killed=True)
-    return flags, map_ids
-
-
 def _cgroup2_controllers() -> Optional[set]:
     try:
         with open("/proc/self/mounts") as f:
@@ -1020,33 +463,42 @@ def _limits_unsupported(options: JobOptions) -> UnsupportedError:
         f"controllers (memory, pids, cpu), which pgjob does not drive yet ({where})")
 
 
-def open_job(options: JobOptions) -> JobBackend:
+# -- the mechanisms this backend offers (Job chooses among them and owns the fallback policy) ----
+
+# What each mechanism leaves protected, for the line Job logs when it falls back to it.
+GUARANTEES = {
+    "pid_namespace": "the kernel SIGKILLs the job's whole PID namespace when this process dies",
+    "pdeathsig": "processes started with job.popen() are SIGKILLed when this process dies, but "
+                 "their own children (and daemons) survive that and are killed only by "
+                 "close()/terminate(), if still found",
+}
+
+
+def candidates(options: JobOptions) -> list:
+    """The mechanisms to try, best first, for a Job that did not name one."""
     if options.has_limits:
-        # A limit the user asked for and we can't enforce is an error, never a silent no-op.
-        raise _limits_unsupported(options)
-    wanted = options.mechanism
-    if wanted == "none":
-        return UnprotectedJob(options)
-    if wanted == "job_object":
+        # Only a cgroup enforces limits: never fall back to something that would ignore them.
+        return ["cgroup"]
+    return ["pid_namespace", "pdeathsig"]
+
+
+def open_mechanism(name: str, options: JobOptions) -> JobBackend:
+    """A backend of mechanism `name`; OSError (or UnsupportedError) if it can't be had here."""
+    if name == "job_object":
         raise UnsupportedError(errno.EOPNOTSUPP, "mechanism 'job_object' is Windows-only")
-    if wanted == "pdeathsig":
+    if name == "pdeathsig":
+        if options.has_limits:
+            raise _limits_unsupported(options)
         return PdeathsigJob(options)
-    try:
+    if name == "cgroup":
+        raise _limits_unsupported(options)
+    if name == "pid_namespace":
+        if options.has_limits:
+            raise _limits_unsupported(options)
         init, _, _ = _start_job_init(options)
-    except OSError as exc:
-        err = _errors.classify(exc, "create")
-        if wanted == "pid_namespace" or options.on_unavailable == "raise":
-            if err is exc:
-                raise
-            raise err from exc
-        logger.warning(
-            "PID namespaces are unavailable: %s (errno %s); falling back to mechanism=pdeathsig: "
-            "processes started with job.popen() are SIGKILLed when this process dies, but "
-            "their own children (and daemons) survive that and are killed only by "
-            "close()/terminate(), if still found", exc.strerror or exc, exc.errno)
-        return PdeathsigJob(options)
-    _reap_inits()
-    return NamespaceJob(options, init)
+        _reap_inits()
+        return NamespaceJob(options, init)
+    raise UnsupportedError(errno.EOPNOTSUPP, f"mechanism {name!r} is not available on Linux")
 
 
 def in_job(pid: Optional[int]) -> bool:
@@ -1061,11 +513,3 @@ def in_job(pid: Optional[int]) -> bool:
         return _nspid_depth(pid) > _nspid_depth("self")
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessExitedError(errno.ESRCH, f"no process with pid {pid}") from exc
-
-
-def _pid_namespace_for_children() -> Optional[tuple]:
-    try:
-        st = os.stat("/proc/thread-self/ns/pid_for_children")
-    except OSError:
-        return _pid_namespace("self")  # no such link before Linux 4.12
-    return (st.st_dev, st.st_ino)

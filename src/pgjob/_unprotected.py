@@ -84,10 +84,15 @@ class UnprotectedJob(JobBackend):
         return None
 
 
-def open_job(options: JobOptions) -> JobBackend:
-    """Backend entry point on platforms pgjob has no kernel mechanism for (e.g. macOS)."""
-    if options.mechanism == "none":
-        return UnprotectedJob(options)
+GUARANTEES: dict = {}
+
+
+def candidates(options: JobOptions) -> list:
+    """Platforms pgjob has no kernel mechanism for (e.g. macOS): nothing to try."""
+    return []
+
+
+def open_mechanism(name: str, options: JobOptions) -> JobBackend:
     # Job() logs this and falls back to UnprotectedJob, or raises with on_unavailable="raise".
     raise UnsupportedError(38, f"pgjob has no process-containment mechanism on {sys.platform}")
 

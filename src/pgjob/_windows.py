@@ -599,10 +599,18 @@ class WindowsJob(JobBackend):
         return handle
 
 
-def open_job(options: JobOptions) -> JobBackend:
-    if options.mechanism not in (None, "job_object"):
+GUARANTEES = {"job_object": "the kernel terminates every member when this process dies"}
+
+
+def candidates(options: JobOptions) -> list:
+    """The mechanisms to try, best first, for a Job that did not name one."""
+    return ["job_object"]
+
+
+def open_mechanism(name: str, options: JobOptions) -> JobBackend:
+    if name != "job_object":
         from ._errors import UnsupportedError
-        raise UnsupportedError(40, f"mechanism {options.mechanism!r} is not available on Windows")
+        raise UnsupportedError(40, f"mechanism {name!r} is not available on Windows")
     return WindowsJob(options)
 
 

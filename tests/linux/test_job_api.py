@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 import pgjob
-from pgjob import _jobobject, _linux
+from pgjob import _jobobject, _linux_helpers
 from conftest import alive
 from proc_helpers import wait_until
 
@@ -26,7 +26,7 @@ def no_namespaces(monkeypatch):
         raise exc
 
     monkeypatch.setattr(_jobobject, "start_init", refuse)
-    monkeypatch.setattr(_linux, "_NAMESPACE_FLAGS", {})
+    monkeypatch.setattr(_linux_helpers, "_NAMESPACE_FLAGS", {})
 
 
 def _tree(job):

@@ -1,0 +1,253 @@
+"""The lives of pgjob's helper processes on Linux: a job's namespace init (start, terminate,
+detach, kill, reap) and the fork hook that makes every copy of them inert in a child of
+os.fork()."""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import threading
+import time
+import weakref
+
+from . import _jobobject as c
+from ._base import JobOptions
+from ._log import logger
+from ._linux_spawn import _SPAWN_THREAD
+from ._procfs import _close_quietly, _open_above_stdio
+
+
+# Every object that holds descriptors of a helper or member, so that a fork's copies can be
+# made inert.
+_HOLDERS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """os.fork() copied our descriptors and module state into the child: none of it may act
+    there on the owner's namespaces, inits or members (guarantee 12 of STYLE.md)."""
+    global _UNREAPED_LOCK
+    owner = _OWNER_PID[0]
+    _OWNER_PID[0] = os.getpid()
+    _SPAWN_THREAD.after_fork_in_child()
+    for holder in list(_HOLDERS):
+        holder.after_fork_in_child(owner)
+    _UNREAPED_LOCK = threading.Lock()
+    for fd in _UNREAPED_INITS:  # the owner's children: the owner reaps them, not a fork
+        _close_quietly(fd)
+    _UNREAPED_INITS.clear()
+
+
+_OWNER_PID = [os.getpid()]
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_KILLED_INIT_WAIT_MS = 20  # how long close() waits for a killed init before reaping it later
+_UNREAPED_INITS: list = []  # pidfds of inits we no longer use that had not exited yet
+_UNREAPED_LOCK = threading.Lock()
+
+
+def _reaped(pidfd: int) -> bool:
+    try:
+        return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is not None
+    except ChildProcessError:
+        return True  # someone's waitpid(-1) reaped it already: nothing left to do
+
+
+def _reap_inits(pidfd: int = -1) -> None:
+    """Reap the inits we let go of, now or on a later call. A killed init stays a zombie-to-be
+    until every member has been reaped by its own parent (the kernel waits for them before it
+    lets a namespace's init go), so Popen.wait() may come first: like subprocess's _active."""
+    with _UNREAPED_LOCK:
+        if pidfd >= 0:
+            _UNREAPED_INITS.append(pidfd)
+        for fd in list(_UNREAPED_INITS):
+            if _reaped(fd):
+                _UNREAPED_INITS.remove(fd)
+                os.close(fd)
+
+
+class _Init:
+    """PID 1 of a namespace pgjob made (a job's, or protect_children()'s reaper), and the
+    descriptors that reach it: its pidfd, the control socket, the namespace files to setns."""
+
+    __slots__ = ("pid", "pidfd", "control", "pidns_fd", "userns_fd", "namespace", "_lock",
+                 "__weakref__")
+
+    def __init__(self, pid: int, pidfd: int, control: int, with_userns: bool) -> None:
+        self.pid, self.pidfd, self.control = pid, pidfd, control
+        self.pidns_fd = self.userns_fd = -1
+        self._lock = threading.Lock()
+        _HOLDERS.add(self)
+        try:
+            # Our child and not reaped: the pid can't name another process meanwhile.
+            self.pidns_fd = _open_above_stdio(f"/proc/{pid}/ns/pid")
+            if with_userns:
+                self.userns_fd = _open_above_stdio(f"/proc/{pid}/ns/user")
+        except OSError:
+            self.kill()
+            self.release()
+            raise
+        st = os.fstat(self.pidns_fd)
+        self.namespace = (st.st_dev, st.st_ino)
+
+    def after_fork_in_child(self, owner: int) -> None:
+        """In a child of os.fork(): close the child's copies. Above all the control socket,
+        whose EOF tells the init that the owner exec'd or died: a fork must not keep it open,
+        nor ever kill, terminate or detach the owner's namespace."""
+        self._lock = threading.Lock()
+        for fd in (self.control, self.pidns_fd, self.userns_fd, self.pidfd):
+            _close_quietly(fd)
+        self.control = self.pidns_fd = self.userns_fd = self.pidfd = -1
+
+    def terminate_members(self, timeout: float = 5.0) -> None:
+        """SIGKILL every process in the namespace but the init, which stays for later spawns;
+        returns once the init has sent them the signal."""
+        if self.pidfd < 0 or self.control < 0:
+            return  # released (or a fork's inert copy): nothing of ours to act on
+        try:
+            # A stopped init could not answer: let it run (it ignores the signal itself).
+            signal.pidfd_send_signal(self.pidfd, signal.SIGCONT)
+        except ProcessLookupError:
+            return  # the init is gone, and with it every member
+        with self._lock:
+            try:
+                os.write(self.control, bytes([c.PGJOB_INIT_TERMINATE]))
+            except BrokenPipeError:
+                return  # the init exited: so did the namespace
+            poller = select.poll()
+            poller.register(self.control, select.POLLIN)
+            poller.register(self.pidfd, select.POLLIN)
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(errno.ETIMEDOUT, f"the job's init (pid {self.pid}) did "
+                                       f"not answer the terminate request in {timeout} s")
+                for fd, _ in poller.poll(max(1, int(remaining * 1000))):
+                    if fd == self.pidfd:
+                        return  # the init exited: the kernel kills the namespace
+                    if os.read(self.control, 1) in (b"", bytes([c.PGJOB_INIT_TERMINATE])):
+                        return
+
+    def exited(self, wait_ms: int = 0) -> bool:
+        """Has the init exited (a zombie counts)? Its pidfd turns readable then, which can
+        come a little after the kernel already refuses new processes in the namespace: wait
+        up to `wait_ms` for it."""
+        if self.pidfd < 0:
+            return True
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(wait_ms))
+
+    def kill(self) -> None:
+        """The namespace dies with its init: the kernel SIGKILLs every process in it."""
+        if self.pidfd < 0:
+            return  # released (or a fork's inert copy)
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # exited already, and the namespace with it
+
+    def detach(self) -> None:
+        """Let the members outlive the job and the owner: the init stays until they are gone."""
+        if self.control < 0:
+            return  # released (or a fork's inert copy)
+        try:
+            os.write(self.control, bytes([c.PGJOB_INIT_DETACH]))
+        except OSError:
+            pass  # the init is gone: nothing left to detach from
+
+    def release(self, killed: bool = False) -> None:
+        for fd in (self.control, self.pidns_fd, self.userns_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.control = self.pidns_fd = self.userns_fd = -1
+        if self.pidfd >= 0:
+            if killed:
+                # Usually gone within a millisecond: reap it now rather than leave it (and
+                # its pidfd) for later. It takes longer only while members' zombies wait for
+                # their parent, and then _reap_inits() comes back to it.
+                poller = select.poll()
+                poller.register(self.pidfd, select.POLLIN)
+                poller.poll(_KILLED_INIT_WAIT_MS)
+            _reap_inits(self.pidfd)
+            self.pidfd = -1
+
+
+def _map_own_ids(uid: int, gid: int) -> None:
+    """After unshare(CLONE_NEWUSER): map our uid/gid (as read before the unshare) onto
+    themselves (one line each is what an unprivileged process may write)."""
+    try:
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"{uid} {uid} 1\n")
+        try:
+            with open("/proc/self/setgroups", "w") as f:
+                f.write("deny")
+        except FileNotFoundError:
+            pass  # kernels before 3.19
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"{gid} {gid} 1\n")
+    except OSError as exc:
+        exc.syscall = "write /proc/self/uid_map"  # what classify() keys on, as from C
+        raise
+
+
+def _leave_pid_namespace_for_children() -> None:
+    """Undo unshare(CLONE_NEWPID) for this thread: point its children back at our own namespace."""
+    try:
+        fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            c.setns(fd, c.CLONE_NEWPID)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        logger.warning("could not return to this process's PID namespace: %s", exc)
+
+
+# -- choosing a mechanism -------------------------------------------------------------------------
+
+_NAMESPACE_FLAGS: dict = {}  # pid -> (clone_flags, map_ids) that worked in that process
+
+
+def _start_job_init(options: JobOptions) -> tuple:
+    """Start the init of a new PID namespace for a job: (_Init, clone_flags, map_ids).
+    CLONE_NEWPID alone works with CAP_SYS_ADMIN, else an unprivileged user namespace is
+    needed too; which one works is remembered per process. Raises the OSError of the last
+    attempt if the kernel refuses both."""
+    # kill_on_close: the namespace dies with the owner. Otherwise members outlive the owner
+    # (as on Windows), and the init stays until the namespace is empty.
+    on_exit = c.PGJOB_INIT_KILL if options.kill_on_close else c.PGJOB_INIT_DRAIN
+    found = _NAMESPACE_FLAGS.get(os.getpid())
+    candidates = [found] if found else [(c.CLONE_NEWPID, False),
+                                        (c.CLONE_NEWUSER | c.CLONE_NEWPID, True)]
+    failure = None
+    for flags, map_ids in candidates:
+        try:
+            if options.kill_on_close:
+                # The init arms PR_SET_PDEATHSIG, which follows the thread that clones it.
+                pid, pidfd, control = _SPAWN_THREAD.call(c.start_init, flags, map_ids,
+                                                         on_exit, on_exit, True)
+            else:
+                pid, pidfd, control = c.start_init(flags, map_ids, on_exit, on_exit, False)
+        except OSError as exc:
+            logger.debug("clone3(0x%x) for a job's init: %s", flags, exc)
+            failure = exc
+            continue
+        _NAMESPACE_FLAGS[os.getpid()] = (flags, map_ids)
+        logger.debug("started the job's init: pid %d, clone3 flags 0x%x%s", pid, flags,
+                     ", unprivileged user namespace" if map_ids else "")
+        return _Init(pid, pidfd, control, map_ids), flags, map_ids
+    assert failure is not None
+    raise failure
+
+
+def namespace_flags() -> tuple:
+    """The clone flags that give a job its own PID namespace here, and whether a user
+    namespace (with our ids mapped) is part of it; probed once per process."""
+    found = _NAMESPACE_FLAGS.get(os.getpid())
+    if found is not None:
+        return found
+    init, flags, map_ids = _start_job_init(JobOptions())
+    init.kill()
+    init.release(killed=True)
+    return flags, map_ids

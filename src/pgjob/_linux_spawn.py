@@ -1,0 +1,207 @@
+"""The spawn adapter: Popen._execute_child runs with its one call to
+_posixsubprocess.fork_exec routed to _jobobject.spawn (see _linux.py's docstring), and the
+thread that clones children whose PR_SET_PDEATHSIG must outlive the calling thread."""
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import sys
+import threading
+import types
+import warnings
+from typing import Optional
+
+from . import _jobobject as c
+from ._errors import UnsupportedError
+from ._log import logger
+
+# Popen reads "noexec:chdir" from the errpipe as "chdir(cwd) failed" since Python 3.13.
+_CHDIR_MARKER = sys.version_info >= (3, 13)
+
+# -- running Popen._execute_child with our spawn ------------------------------------------------
+
+# How each CPython's Popen._execute_child calls _posixsubprocess.fork_exec: the positional
+# arguments in order (checked against Lib/subprocess.py of each version), and the global name
+# it calls it by. The entry for the newest version at or below the running one applies.
+_FORK_EXEC_HEAD = (
+    "args", "executables", "close_fds", "fds_to_keep", "cwd", "env", "p2cread", "p2cwrite",
+    "c2pread", "c2pwrite", "errread", "errwrite", "errpipe_read", "errpipe_write",
+    "restore_signals", "start_new_session")
+_FORK_EXEC_SHAPES = (
+    # 3.9, 3.10: 21 arguments, called as _posixsubprocess.fork_exec
+    ((3, 9), "_posixsubprocess",
+     _FORK_EXEC_HEAD + ("gid", "groups", "uid", "umask", "preexec_fn")),
+    # 3.11 - 3.13: 23, process_group added, allow_vfork (_USE_VFORK) at the end
+    ((3, 11), "_fork_exec",
+     _FORK_EXEC_HEAD + ("process_group", "gid", "groups", "uid", "umask", "preexec_fn",
+                        "allow_vfork")),
+    # 3.14, 3.15: 22, allow_vfork dropped (subprocess._USE_VFORK is gone)
+    ((3, 14), "_fork_exec",
+     _FORK_EXEC_HEAD + ("process_group", "gid", "groups", "uid", "umask", "preexec_fn")),
+)
+_NEWEST_CHECKED = (3, 15)  # the last version whose subprocess.py the table was checked against
+
+
+def _fork_exec_shape(version: tuple) -> tuple:
+    """(name _execute_child calls fork_exec by, argument names) for Python `version`."""
+    found: tuple = _FORK_EXEC_SHAPES[0]
+    for shape in _FORK_EXEC_SHAPES:
+        if tuple(version[:2]) >= shape[0]:
+            found = shape
+    return found[1], found[2]
+
+
+def _fork_exec_interface_problem(execute_child, fork_exec, version: tuple) -> Optional[str]:
+    """What is wrong with the private interface pgjob hooks into, for Python `version`; None if
+    it looks as the table says. Checked: the globals _execute_child reads and that we replace
+    (the fork_exec name, _USE_POSIX_SPAWN) exist, and, where fork_exec has a text signature
+    (3.12+), that it takes the number of arguments we unpack."""
+    hook, names = _fork_exec_shape(version)
+    where = f"Python {version[0]}.{version[1]}"
+    used = execute_child.__code__.co_names
+    for name in (hook, "_USE_POSIX_SPAWN"):
+        if name not in used or name not in execute_child.__globals__:
+            return (f"{where}: subprocess.Popen._execute_child no longer uses {name}, which "
+                    f"pgjob replaces to start processes in a job")
+    signature = getattr(fork_exec, "__text_signature__", None)
+    if signature:
+        params = [p.strip() for p in signature.strip("()").split(",")]
+        params = [p for p in params if p and p not in ("$module", "/")]
+        if len(params) != len(names):
+            return (f"{where}: _posixsubprocess.fork_exec takes {len(params)} arguments, "
+                    f"pgjob knows the {len(names)}-argument form of this version")
+    return None
+
+
+def _check_fork_exec_interface() -> Optional[str]:
+    """Run once at import: pgjob says at once, naming the Python version, when this Python's
+    subprocess internals are not the ones it knows, instead of failing on the first spawn. The
+    problem is logged and warned about (RuntimeWarning) here, and every job.popen() on Linux then
+    raises UnsupportedError with the same text. A version newer than the table's last checked
+    one is used with the newest shape if it passes the check, and logged at debug level."""
+    import subprocess
+    try:
+        import _posixsubprocess
+    except ImportError:
+        return f"Python {sys.version_info[0]}.{sys.version_info[1]} has no _posixsubprocess"
+    problem = _fork_exec_interface_problem(
+        subprocess.Popen._execute_child,  # type: ignore[attr-defined]
+        _posixsubprocess.fork_exec, sys.version_info)
+    if problem is not None:
+        logger.warning("%s: job.popen() is unavailable on this Python", problem)
+        warnings.warn(f"pgjob: {problem}: job.popen() is unavailable on this Python",
+                      RuntimeWarning, stacklevel=2)
+    elif sys.version_info[:2] > _NEWEST_CHECKED:
+        logger.debug("Python %d.%d is newer than the last one pgjob's fork_exec table was checked "
+                     "against (%d.%d); its interface passed the import check",
+                     sys.version_info[0], sys.version_info[1], *_NEWEST_CHECKED)
+    return problem
+
+
+_FORK_EXEC_HOOK, _FORK_EXEC_ARGS = _fork_exec_shape(sys.version_info)
+_INTERFACE_PROBLEM = _check_fork_exec_interface()
+
+
+class _PosixsubprocessWithJob:
+    """Stands in for the _posixsubprocess module (Python 3.9/3.10 call it by module name):
+    every attribute is the real module's, except fork_exec."""
+
+    def __init__(self, fork_exec) -> None:
+        import _posixsubprocess
+        self._module = _posixsubprocess
+        self.fork_exec = fork_exec
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+
+def _execute_child_with(execute_child, fork_exec):
+    if _INTERFACE_PROBLEM is not None:
+        raise UnsupportedError(errno.EOPNOTSUPP, f"{_INTERFACE_PROBLEM}: job.popen() is "
+                               "unavailable on this Python")
+    namespace = dict(execute_child.__globals__)
+    # posix_spawn would bypass fork_exec: always take the fork_exec path.
+    namespace["_USE_POSIX_SPAWN"] = False
+    if _FORK_EXEC_HOOK == "_fork_exec":
+        namespace["_fork_exec"] = fork_exec
+    else:
+        namespace["_posixsubprocess"] = _PosixsubprocessWithJob(fork_exec)
+    return types.FunctionType(execute_child.__code__, namespace, execute_child.__name__,
+                              execute_child.__defaults__, execute_child.__closure__)
+
+
+def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool) -> tuple:
+    """Call _jobobject.spawn with what subprocess passed to _posixsubprocess.fork_exec;
+    (pid, pidfd) of the program."""
+    if len(fork_exec_args) != len(_FORK_EXEC_ARGS):
+        raise UnsupportedError(
+            errno.EOPNOTSUPP, f"Python {sys.version_info[0]}.{sys.version_info[1]} called "
+            f"fork_exec with {len(fork_exec_args)} arguments; pgjob knows the "
+            f"{len(_FORK_EXEC_ARGS)}-argument form of this version")
+    a = dict(zip(_FORK_EXEC_ARGS, fork_exec_args))
+    if a["preexec_fn"] is not None:
+        raise UnsupportedError(
+            errno.EINVAL, "preexec_fn is not supported by pgjob on Linux: the child is set up in C "
+            "between clone and exec, where running Python is unsafe. Use start_new_session, "
+            "process_group, umask, user/group/extra_groups, cwd or env, or do the setup in the "
+            "child program itself.")
+    gid, groups, uid, cwd = a["gid"], a["groups"], a["uid"], a["cwd"]
+    return c.spawn(
+        [os.fsencode(arg) for arg in a["args"]], tuple(a["executables"]), a["env"],
+        None if cwd is None else os.fsencode(cwd), bool(a["close_fds"]), tuple(a["fds_to_keep"]),
+        a["p2cread"], a["p2cwrite"], a["c2pread"], a["c2pwrite"], a["errread"], a["errwrite"],
+        a["errpipe_read"], a["errpipe_write"], bool(a["restore_signals"]),
+        bool(a["start_new_session"]), a.get("process_group", -1),
+        -1 if gid is None else gid, None if groups is None else tuple(groups),
+        -1 if uid is None else uid, a["umask"], pidns_fd, userns_fd, pdeathsig, _CHDIR_MARKER)
+
+
+class _SpawnThread:
+    """PR_SET_PDEATHSIG fires when the parent *thread* exits (golang/go#27505), so a pdeathsig
+    child (or a namespace's init) made from a worker thread would die with that thread. Such
+    clones run here, on one thread that lives as long as the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._pid = -1
+
+    def after_fork_in_child(self) -> None:
+        """The thread is not in the child, and its lock may have been held by another thread
+        at the fork: start afresh (call() starts a new thread on first use)."""
+        self._lock = threading.Lock()
+        self._requests = queue.SimpleQueue()
+        self._pid = -1
+
+    def call(self, fn, *args):
+        if threading.current_thread() is threading.main_thread():
+            return fn(*args)
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or we are a fork of the process that had it
+                self._requests = queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(self._requests,),
+                                 name="pgjob-spawner", daemon=True).start()
+                self._pid = os.getpid()
+            requests = self._requests
+        done = threading.Event()
+        box: list = [None, None]
+        requests.put((fn, args, box, done))
+        done.wait()
+        if box[1] is not None:
+            raise box[1]
+        return box[0]
+
+    @staticmethod
+    def _serve(requests) -> None:
+        while True:
+            fn, args, box, done = requests.get()
+            try:
+                box[0] = fn(*args)
+            except BaseException as exc:  # handed to the caller's thread
+                box[1] = exc
+            finally:
+                done.set()
+
+
+_SPAWN_THREAD = _SpawnThread()
