@@ -8,6 +8,11 @@ import os
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# pgjob-helper (src/helper/*.c): the program pgjob execs for its helper processes on Linux (a
+# namespace's init, a cgroup's watcher). Installed inside the package, next to the extension.
+HELPER = "pgjob-helper"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -47,5 +52,42 @@ def extension():
     )
 
 
+class BuildExtAndHelper(build_ext):
+    """build_ext, plus pgjob-helper on Linux: compiled and linked with the same compiler as
+    the extension, against libc only, into the package directory (the build tree, or src/pgjob
+    with --inplace)."""
+
+    def run(self):
+        super().run()
+        if sys.platform.startswith("linux"):
+            self.build_helper()
+
+    def helper_path(self):
+        if self.inplace:
+            return os.path.join(HERE, "src", "pgjob", HELPER)
+        return os.path.join(self.build_lib, "pgjob", HELPER)
+
+    def build_helper(self):
+        helper_dir = os.path.join("src", "helper")
+        sources = sorted(os.path.join(helper_dir, f) for f in os.listdir(os.path.join(HERE, helper_dir))
+                         if f.endswith(".c"))
+        objects = self.compiler.compile(
+            sources, output_dir=os.path.join(self.build_temp, "helper"),
+            macros=[("_GNU_SOURCE", None)], include_dirs=[helper_dir],
+            extra_postargs=["-Wall", "-Wextra", "-Wformat=2", "-O2"], debug=self.debug)
+        target = self.helper_path()
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        # link_executable would add Python's LDSHARED flags (-shared): link with the C driver.
+        self.compiler.link_executable(objects, HELPER, output_dir=os.path.dirname(target),
+                                      target_lang="c")
+        os.chmod(target, 0o755)
+
+    def get_outputs(self):
+        outputs = super().get_outputs()
+        if sys.platform.startswith("linux"):
+            outputs.append(self.helper_path())
+        return outputs
+
+
 if __name__ == "__main__":
-    setup(ext_modules=[extension()])
+    setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtAndHelper})

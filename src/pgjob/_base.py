@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["JobOptions", "EventKind", "JobBackend", "ProcessHandle"]
 
-MECHANISMS = ("job_object", "pid_namespace", "pdeathsig", "none")
+MECHANISMS = ("job_object", "pid_namespace", "cgroup", "pdeathsig", "none")
 # The kernel object namespaces a job name may start with (CreateJobObjectW).
 _NAME_PREFIXES = ("Global\\", "Local\\")
 
