@@ -45,7 +45,7 @@ def extension():
     return Extension(
         "pgjob._jobobject",
         sources=target_sources(platform),
-        include_dirs=["src/jobobject"],
+        include_dirs=["src/jobobject", "src/helper"],  # helper.h: the init's protocol
         define_macros=macros,
         libraries=libraries,
         extra_compile_args=extra_compile_args,

@@ -1,13 +1,147 @@
-/* init.c: placeholder until the mode is written. */
+/* init.c: `pgjob-helper init`, PID 1 of a job's PID namespace. Started by the owner's
+ * _jobobject.start_init (src/jobobject/linux_job.c): clone(CLONE_NEWPID [|CLONE_NEWUSER] |
+ * CLONE_VM | CLONE_VFORK) on a small stack of the owner's, then execve of this program, so it
+ * holds no copy of the owner's memory. When it exits, for whatever reason, the kernel SIGKILLs
+ * every process in the namespace.
+ *
+ *   pgjob-helper init ON_OWNER_EXIT ON_EOF ARM_PDEATHSIG
+ *
+ * with the control socket (to the owner) on fd 3 and the owner's pidfd on fd 4, every other
+ * descriptor closed, and every signal blocked (the owner blocked them around the clone; the
+ * mask survives exec). ON_OWNER_EXIT and ON_EOF are PGJOB_INIT_KILL or PGJOB_INIT_DRAIN (ON_EOF
+ * also PGJOB_INIT_IGNORE); the numbers and command bytes are jobobject.h's, repeated in helper.h.
+ *
+ * Protocol on the control socket, unchanged from the forked init it replaces:
+ *   init -> owner  struct helper_init_report once set up (step 0) or failed (step, errno);
+ *   owner -> init  'TERMINATE': kill(-1, SIGKILL) inside the namespace, answered with the same
+ *                  byte; 'DETACH': drain; EOF (the owner exec'd, died or closed the job): ON_EOF.
+ * The init decides to go when the owner process has exited (its pidfd turns readable only when
+ * the whole process has) or closed its end: ON_OWNER_EXIT / ON_EOF say whether to exit now
+ * (kill_on_close) or to drain: stay until nobody is left in the namespace (kill(-1, 0) fails
+ * with ESRCH, checked every DRAIN_CHECK_MS: members are children of the owner, so their exits
+ * don't wake us). Members are the owner's children; only orphans are reparented here, and
+ * SIGCHLD = SIG_IGN makes the kernel reap them. */
 #include "helper.h"
 
-#include <stdio.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#define DRAIN_CHECK_MS 100
+
+static int
+owner_gone(int owner_pidfd)
+{
+    struct pollfd fd = {owner_pidfd, POLLIN, 0};
+    return poll(&fd, 1, 0) > 0;
+}
 
 int
 helper_init_main(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "pgjob-helper: mode 'init' is not built into this version\n");
-    return HELPER_USAGE_EXIT;
+    struct helper_init_report report = {0, 0};
+    struct sigaction sa;
+    sigset_t all;
+    long on_owner_exit, on_eof, arm_pdeathsig;
+    const int control_fd = HELPER_INIT_CONTROL_FD, owner_pidfd = HELPER_INIT_OWNER_PIDFD;
+
+    if (argc != 4 || helper_parse_long(argv[1], &on_owner_exit) < 0
+            || helper_parse_long(argv[2], &on_eof) < 0
+            || helper_parse_long(argv[3], &arm_pdeathsig) < 0)
+        return helper_usage("init ON_OWNER_EXIT ON_EOF ARM_PDEATHSIG");
+
+    /* Whatever started us: no signal may end us but SIGKILL, and we hold nothing but our two
+     * descriptors (a pipe of the owner's must see EOF when the owner closes it). */
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    helper_close_fds_from(HELPER_INIT_OWNER_PIDFD + 1);
+
+    /* Out of the owner's session and process group: a terminal's Ctrl-C or hangup is for the
+     * programs (which still get it), not for the job. */
+    if (setsid() < 0) {
+        report.step = HELPER_INIT_STEP_SETSID;
+        goto report;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_IGN;
+    if (sigaction(SIGCHLD, &sa, NULL) < 0) {
+        report.step = HELPER_INIT_STEP_SIGCHLD;
+        goto report;
+    }
+    /* Second line of defence for a *stopped* init, which can't poll the owner's pidfd: the
+     * kernel's SIGKILL reaches it anyway (forced: it comes from an ancestor namespace). The
+     * signal follows the parent *thread* (golang/go#27505): Python starts the init from the
+     * main thread or one that lives as long as the process. An owner that died before this
+     * line is caught below by its pidfd, which is readable then. */
+    if (arm_pdeathsig && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) {
+        report.step = HELPER_INIT_STEP_PDEATHSIG;
+        goto report;
+    }
+    if (chdir("/") < 0) {
+        /* only to release the owner's cwd; staying is harmless */
+    }
+report:
+    if (report.step != 0)
+        report.err = errno;
+    helper_write_all(control_fd, &report, sizeof(report));
+    if (report.step != 0)
+        return HELPER_INIT_FAILED_EXIT;
+
+    struct pollfd fds[2] = {{owner_pidfd, POLLIN, 0}, {control_fd, POLLIN, 0}};
+    int draining = 0;
+    long action;
+    if (owner_gone(owner_pidfd)) {
+        fds[0].fd = -1;
+        if (on_owner_exit == HELPER_INIT_KILL)
+            return HELPER_INIT_OWNER_GONE_EXIT;
+        draining = 1;
+    }
+    for (;;) {
+        if (draining && kill(-1, 0) < 0 && errno == ESRCH)
+            return 0; /* the namespace is empty and nobody will spawn into it again */
+        if (poll(fds, 2, draining ? DRAIN_CHECK_MS : -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return HELPER_INIT_FAILED_EXIT;
+        }
+        action = HELPER_INIT_IGNORE;
+        if (fds[0].revents != 0) {
+            fds[0].fd = -1;
+            action = on_owner_exit;
+        }
+        if (fds[1].revents != 0) {
+            char command;
+            ssize_t got = read(fds[1].fd, &command, 1);
+            if (got < 0 && (errno == EINTR || errno == EAGAIN)) {
+                /* nothing to read after all: poll again */
+            } else if (got <= 0) {
+                /* The owner's end is closed: exec, death, or a closed job. */
+                close(fds[1].fd);
+                fds[1].fd = -1;
+                if (on_eof > action)
+                    action = on_eof;
+            } else if (command == HELPER_INIT_TERMINATE) {
+                /* Every process of the namespace but us. One call is enough even against
+                 * a forking member: the kernel restarts a fork that a fatal signal hits.
+                 * Only as PID 1: anywhere else kill(-1) would reach every process this
+                 * uid may signal outside the namespace. */
+                if (getpid() == 1)
+                    kill(-1, SIGKILL);
+                helper_write_all(fds[1].fd, &command, 1);
+            } else if (command == HELPER_INIT_DETACH && action < HELPER_INIT_DRAIN) {
+                action = HELPER_INIT_DRAIN;
+            }
+        }
+        if (action == HELPER_INIT_KILL)
+            return HELPER_INIT_OWNER_GONE_EXIT; /* the kernel now kills the namespace */
+        if (action == HELPER_INIT_DRAIN && !draining) {
+            /* From now on the members outlive the owner: so must we. */
+            prctl(PR_SET_PDEATHSIG, 0);
+            fds[0].fd = -1;
+            draining = 1;
+        }
+    }
 }

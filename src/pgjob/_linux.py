@@ -34,7 +34,7 @@ from ._base import EventKind, JobBackend, JobOptions, records as _records
 from ._errors import JobClosedError, ProcessExitedError, UnsupportedError
 from ._log import logger
 from ._linux_helpers import (_HOLDERS, _Init, _leave_pid_namespace_for_children, _map_own_ids,
-                             _reap_inits, _start_job_init)
+                             _reap_inits, _start_job_init, helper_path)
 from ._linux_spawn import _SPAWN_THREAD, _execute_child_with, _spawn
 from ._procfs import (_close_quietly, _cpu_times, _descendants, _namespace_members, _nspid_depth,
                       _pid_namespace, _pid_namespace_for_children, _pipe_above_stdio, _running,
@@ -352,7 +352,7 @@ class NamespaceJob(_LinuxJob):
             # then): the new program's children still need an init to be created at all.
             pid, pidfd, control = c.start_init(
                 0, False, c.PGJOB_INIT_KILL, c.PGJOB_INIT_IGNORE,
-                threading.current_thread() is threading.main_thread())
+                threading.current_thread() is threading.main_thread(), helper_path())
             reaper = _Init(pid, pidfd, control, False)
         except BaseException:
             _leave_pid_namespace_for_children()

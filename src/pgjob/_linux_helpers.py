@@ -240,15 +240,17 @@ def _start_job_init(options: JobOptions) -> tuple:
     found = _NAMESPACE_FLAGS.get(os.getpid())
     candidates = [found] if found else [(c.CLONE_NEWPID, False),
                                         (c.CLONE_NEWUSER | c.CLONE_NEWPID, True)]
+    helper = helper_path()
     failure = None
     for flags, map_ids in candidates:
         try:
             if options.kill_on_close:
                 # The init arms PR_SET_PDEATHSIG, which follows the thread that clones it.
                 pid, pidfd, control = _SPAWN_THREAD.call(c.start_init, flags, map_ids,
-                                                         on_exit, on_exit, True)
+                                                         on_exit, on_exit, True, helper)
             else:
-                pid, pidfd, control = c.start_init(flags, map_ids, on_exit, on_exit, False)
+                pid, pidfd, control = c.start_init(flags, map_ids, on_exit, on_exit, False,
+                                                   helper)
         except OSError as exc:
             logger.debug("clone3(0x%x) for a job's init: %s", flags, exc)
             failure = exc
