@@ -10,6 +10,11 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+try:
+    from setuptools.errors import LinkError
+except ImportError:  # setuptools before 59
+    from distutils.errors import LinkError
+
 # pgjob-helper (src/helper/*.c): the program pgjob execs for its helper processes on Linux (a
 # namespace's init, a cgroup's watcher). Installed inside the package, next to the extension.
 HELPER = "pgjob-helper"
@@ -77,9 +82,21 @@ class BuildExtAndHelper(build_ext):
             extra_postargs=["-Wall", "-Wextra", "-Wformat=2", "-O2"], debug=self.debug)
         target = self.helper_path()
         os.makedirs(os.path.dirname(target), exist_ok=True)
+        # Static where libc.a exists: the helper then needs no symbol of the libc it runs on
+        # (this tree is also built inside a newer-glibc chroot and then run on the host), and
+        # its exec skips the dynamic loader, a part of every Job's start. Without libc.a,
+        # dynamic: the sources use only calls old enough for GLIBC_2.17 (see helper.h), which
+        # tests/linux/test_helper_program.py checks in the built file.
         # link_executable would add Python's LDSHARED flags (-shared): link with the C driver.
-        self.compiler.link_executable(objects, HELPER, output_dir=os.path.dirname(target),
-                                      target_lang="c")
+        for link_args in (["-static", "-s"], ["-s"]):
+            try:
+                self.compiler.link_executable(objects, HELPER, output_dir=os.path.dirname(target),
+                                              extra_postargs=link_args, target_lang="c")
+                break
+            except LinkError:
+                if not link_args:
+                    raise
+                self.announce(f"{HELPER}: no static libc here, linking it dynamically", level=3)
         os.chmod(target, 0o755)
 
     def get_outputs(self):
