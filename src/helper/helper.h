@@ -31,7 +31,7 @@ int helper_watch_main(int argc, char **argv);
 /* Exit codes, for whoever looks at the init with ps or a debugger. */
 #define HELPER_INIT_FAILED_EXIT 125     /* could not set up (errno went to the owner) */
 #define HELPER_INIT_OWNER_GONE_EXIT 137 /* the owner or the job is gone: the namespace dies */
-/* The one message the init sends unasked, once set up: the step that failed (0: none). */
+/* The one message the init sends unasked, when its setup failed: the step, and errno. */
 struct helper_init_report {
     int step;
     int err;

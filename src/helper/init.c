@@ -11,8 +11,9 @@
  * mask survives exec). ON_OWNER_EXIT and ON_EOF are PGJOB_INIT_KILL or PGJOB_INIT_DRAIN (ON_EOF
  * also PGJOB_INIT_IGNORE); the numbers and command bytes are jobobject.h's, repeated in helper.h.
  *
- * Protocol on the control socket, unchanged from the forked init it replaces:
- *   init -> owner  struct helper_init_report once set up (step 0) or failed (step, errno);
+ * Protocol on the control socket (as the forked init it replaces had, but for the report):
+ *   init -> owner  struct helper_init_report, only when a setup step failed (the init then
+ *                  exits; the owner does not wait for a report, it sees the exit on the pidfd);
  *   owner -> init  'TERMINATE': kill(-1, SIGKILL) inside the namespace, answered with the same
  *                  byte; 'DETACH': drain; EOF (the owner exec'd, died or closed the job): ON_EOF.
  * The init decides to go when the owner process has exited (its pidfd turns readable only when
@@ -84,11 +85,11 @@ helper_init_main(int argc, char **argv)
         /* only to release the owner's cwd; staying is harmless */
     }
 report:
-    if (report.step != 0)
+    if (report.step != 0) {
         report.err = errno;
-    helper_write_all(control_fd, &report, sizeof(report));
-    if (report.step != 0)
+        helper_write_all(control_fd, &report, sizeof(report));
         return HELPER_INIT_FAILED_EXIT;
+    }
 
     struct pollfd fds[2] = {{owner_pidfd, POLLIN, 0}, {control_fd, POLLIN, 0}};
     int draining = 0;

@@ -103,11 +103,6 @@ map_ids_of(pid_t pid, uid_t uid, gid_t gid)
     return NULL;
 }
 
-static const char *const init_steps[] = {
-    NULL, "setsid (in the init)", "sigaction(SIGCHLD) (in the init)",
-    "prctl(PR_SET_PDEATHSIG) (in the init)",
-};
-
 /* start_init(clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig, helper_path)
  *   -> (pid, pidfd, control_fd)
  *
@@ -115,7 +110,8 @@ static const char *const init_steps[] = {
  * PID 1 of a new PID namespace (CLONE_NEWPID, plus CLONE_NEWUSER without CAP_SYS_ADMIN, and
  * then map_ids: we write its id maps), or, with clone_flags 0 right after
  * unshare(CLONE_NEWPID), of the namespace this thread's children now go to. Returns once the
- * init has reported that it is set up; control_fd (close-on-exec, above 2) is the owner's end
+ * init runs pgjob-helper (exec'd, with its id maps written), without waiting for its setup;
+ * control_fd (close-on-exec, above 2) is the owner's end
  * of a socket to it: write PGJOB_INIT_TERMINATE (answered with the same byte once the members
  * are killed) or PGJOB_INIT_DETACH; closing it is on_eof. The pidfd is above 2 too. */
 PyObject *
@@ -126,11 +122,9 @@ linux_start_init(PyObject *self, PyObject *args)
     int saved_errno = 0;
     PyObject *path_obj;
     struct init_exec x;
-    struct helper_init_report report = {0, 0};
     char on_owner_exit_text[16], on_eof_text[16], arm_text[4];
     char *argv[6];
     const char *failed = NULL;
-    ssize_t got = 0;
     sigset_t all, old;
     pid_t pid;
     /* Ours, read before anything: in the new user namespace they are unmapped (overflow). */
@@ -204,21 +198,13 @@ linux_start_init(PyObject *self, PyObject *args)
         saved_errno = x.err;
     } else if (map_ids && (failed = map_ids_of(pid, uid, gid)) != NULL) {
         saved_errno = errno;
-    } else {
-        do {
-            got = read(sv[0], &report, sizeof(report));
-        } while (got < 0 && errno == EINTR);
-        if (got != (ssize_t)sizeof(report)) {
-            saved_errno = got < 0 ? errno : EPIPE;
-            failed = "read(init handshake)";
-        } else if (report.step != 0) {
-            saved_errno = report.err;
-            failed = report.step > 0 && report.step <= HELPER_INIT_STEP_PDEATHSIG
-                     ? init_steps[report.step] : "the init's setup";
-        }
     }
+    /* No handshake: the init's own setup (setsid, sigaction, prctl) can't fail in a fresh
+     * process, so we don't wait for it; it goes on while the caller spawns its first
+     * member. A failed step is written to the socket before the init exits, and an init that
+     * exits shows on its pidfd: the next spawn finds the namespace gone (see _linux.py). */
     if (pid > 0 && failed != NULL) {
-        /* The init exits on its own after a failed step, or never got going: make sure. */
+        /* An init whose exec or id maps failed must not stay: it is of no use. */
         kill(pid, SIGKILL); /* our unreaped child: the pid is still its own */
         reap(pid);
     }
