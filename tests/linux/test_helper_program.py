@@ -180,11 +180,23 @@ def job():
     j.close()
 
 
+def cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().split(b"\0")
+
+
+def set_up(pid):
+    """Job() returns once the init has exec'd, not once it has set itself up (setsid, fds,
+    SIGCHLD): wait for the last of those steps."""
+    assert wait_until(lambda: int(status_field(pid, "SigIgn")[0], 16) & (1 << (17 - 1)), 10)
+    return pid
+
+
 def test_the_init_runs_pgjob_helper(job):
     init = job._impl._init.pid
     assert os.readlink(f"/proc/{init}/exe") == _linux_helpers.helper_path()
-    with open(f"/proc/{init}/cmdline", "rb") as f:
-        assert f.read().split(b"\0")[1] == b"init"
+    assert wait_until(lambda: len(cmdline(init)) > 2, 10)
+    assert cmdline(init)[1] == b"init"
 
 
 def test_the_init_is_pid_1_of_the_members_namespace(job):
@@ -201,13 +213,13 @@ def test_the_init_is_pid_1_of_the_members_namespace(job):
 
 
 def test_the_init_has_its_own_session(job):
-    init = job._impl._init.pid
+    init = set_up(job._impl._init.pid)
     assert os.getsid(init) == init != os.getsid(0)
     assert os.getpgid(init) == init != os.getpgid(0)
 
 
 def test_the_init_holds_only_its_control_socket_and_the_owners_pidfd(job):
-    init = job._impl._init.pid
+    init = set_up(job._impl._init.pid)
     fds = {int(fd): os.readlink(f"/proc/{init}/fd/{fd}") for fd in os.listdir(f"/proc/{init}/fd")}
     assert sorted(fds) == [3, 4], fds
     assert fds[3].startswith("socket:"), fds
@@ -215,7 +227,7 @@ def test_the_init_holds_only_its_control_socket_and_the_owners_pidfd(job):
 
 
 def test_the_init_ignores_sigchld_and_blocks_every_signal(job):
-    init = job._impl._init.pid
+    init = set_up(job._impl._init.pid)
     assert int(status_field(init, "SigIgn")[0], 16) & (1 << (17 - 1))  # SIGCHLD
     blocked = int(status_field(init, "SigBlk")[0], 16)
     assert blocked & (1 << (15 - 1)) and blocked & (1 << (2 - 1))  # SIGTERM, SIGINT
