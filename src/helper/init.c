@@ -11,6 +11,9 @@
  * mask survives exec). ON_OWNER_EXIT and ON_EOF are PGJOB_INIT_KILL or PGJOB_INIT_DRAIN (ON_EOF
  * also PGJOB_INIT_IGNORE); the numbers and command bytes are jobobject.h's, repeated in helper.h.
  *
+ * It makes raw system calls only (common_sys.h), so that on x86_64 it needs nothing of libc,
+ * not even its startup (common_entry.c).
+ *
  * Protocol on the control socket (as the forked init it replaces had, but for the report):
  *   init -> owner  struct helper_init_report, only when a setup step failed (the init then
  *                  exits; the owner does not wait for a report, it sees the exit on the pidfd);
@@ -23,52 +26,99 @@
  * don't wake us). Members are the owner's children; only orphans are reparented here, and
  * SIGCHLD = SIG_IGN makes the kernel reap them. */
 #include "helper.h"
+#include "common_sys.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
-#include <string.h>
 #include <sys/prctl.h>
-#include <unistd.h>
+#include <time.h>
 
-#define DRAIN_CHECK_MS 100
+/* Checked this often while draining, for whether anyone is left in the namespace. */
+static const struct timespec drain_check = {0, 100 * 1000 * 1000};
+
+static void
+write_all(int fd, const void *buf, unsigned long len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        long n = h_write(fd, p, len);
+        if (n == -EINTR)
+            continue;
+        if (n < 0)
+            return; /* the owner is gone: nobody to tell */
+        p += n;
+        len -= (unsigned long)n;
+    }
+}
+
+static int
+usage(void)
+{
+    static const char text[] = "pgjob-helper: usage: pgjob-helper init ON_OWNER_EXIT ON_EOF "
+                               "ARM_PDEATHSIG (a helper process of the pgjob library)\n";
+    write_all(2, text, sizeof(text) - 1);
+    return HELPER_USAGE_EXIT;
+}
+
+static void
+close_fds_from(int low)
+{
+    if (h_close_range(low, ~0u) == 0)
+        return;
+    /* Kernels before 5.9: one by one, up to the descriptor limit. */
+    unsigned long limits[2] = {4096, 4096};
+    long last = 4096;
+    if (h_prlimit_nofile(limits) == 0 && limits[0] < (1ul << 20))
+        last = (long)limits[0];
+    for (long fd = low; fd < last; fd++)
+        h_close(fd);
+}
 
 static int
 owner_gone(int owner_pidfd)
 {
-    struct pollfd fd = {owner_pidfd, POLLIN, 0};
-    return poll(&fd, 1, 0) > 0;
+    static const struct timespec now = {0, 0};
+    struct pollfd fd;
+    fd.fd = owner_pidfd;
+    fd.events = POLLIN;
+    fd.revents = 0;
+    return h_ppoll(&fd, 1, &now) > 0;
 }
 
 int
 helper_init_main(int argc, char **argv)
 {
-    struct helper_init_report report = {0, 0};
-    struct sigaction sa;
-    sigset_t all;
-    long on_owner_exit, on_eof, arm_pdeathsig;
+    struct helper_init_report report;
+    struct helper_kernel_sigaction sa;
+    struct pollfd fds[2];
+    long on_owner_exit, on_eof, arm_pdeathsig, ret;
     const int control_fd = HELPER_INIT_CONTROL_FD, owner_pidfd = HELPER_INIT_OWNER_PIDFD;
+    int draining = 0;
 
     if (argc != 4 || helper_parse_long(argv[1], &on_owner_exit) < 0
             || helper_parse_long(argv[2], &on_eof) < 0
             || helper_parse_long(argv[3], &arm_pdeathsig) < 0)
-        return helper_usage("init ON_OWNER_EXIT ON_EOF ARM_PDEATHSIG");
+        return usage();
 
     /* Whatever started us: no signal may end us but SIGKILL, and we hold nothing but our two
      * descriptors (a pipe of the owner's must see EOF when the owner closes it). */
-    sigfillset(&all);
-    sigprocmask(SIG_SETMASK, &all, NULL);
-    helper_close_fds_from(HELPER_INIT_OWNER_PIDFD + 1);
+    h_sigprocmask_all();
+    close_fds_from(HELPER_INIT_OWNER_PIDFD + 1);
 
+    report.step = 0;
+    report.err = 0;
     /* Out of the owner's session and process group: a terminal's Ctrl-C or hangup is for the
      * programs (which still get it), not for the job. */
-    if (setsid() < 0) {
+    if ((ret = h_setsid()) < 0) {
         report.step = HELPER_INIT_STEP_SETSID;
         goto report;
     }
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = SIG_IGN;
-    if (sigaction(SIGCHLD, &sa, NULL) < 0) {
+    sa.handler = SIG_IGN;
+    sa.flags = 0;
+    sa.restorer = 0;
+    sa.mask = 0;
+    if ((ret = h_sigaction(SIGCHLD, &sa)) < 0) {
         report.step = HELPER_INIT_STEP_SIGCHLD;
         goto report;
     }
@@ -77,23 +127,22 @@ helper_init_main(int argc, char **argv)
      * signal follows the parent *thread* (golang/go#27505): Python starts the init from the
      * main thread or one that lives as long as the process. An owner that died before this
      * line is caught below by its pidfd, which is readable then. */
-    if (arm_pdeathsig && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) {
+    if (arm_pdeathsig && (ret = h_prctl(PR_SET_PDEATHSIG, SIGKILL)) < 0) {
         report.step = HELPER_INIT_STEP_PDEATHSIG;
         goto report;
     }
-    if (chdir("/") < 0) {
-        /* only to release the owner's cwd; staying is harmless */
-    }
+    h_chdir("/"); /* only to release the owner's cwd; staying is harmless */
 report:
     if (report.step != 0) {
-        report.err = errno;
-        helper_write_all(control_fd, &report, sizeof(report));
+        report.err = (int)-ret;
+        write_all(control_fd, &report, sizeof(report));
         return HELPER_INIT_FAILED_EXIT;
     }
 
-    struct pollfd fds[2] = {{owner_pidfd, POLLIN, 0}, {control_fd, POLLIN, 0}};
-    int draining = 0;
-    long action;
+    fds[0].fd = owner_pidfd;
+    fds[1].fd = control_fd;
+    fds[0].events = fds[1].events = POLLIN;
+    fds[0].revents = fds[1].revents = 0;
     if (owner_gone(owner_pidfd)) {
         fds[0].fd = -1;
         if (on_owner_exit == HELPER_INIT_KILL)
@@ -101,26 +150,27 @@ report:
         draining = 1;
     }
     for (;;) {
-        if (draining && kill(-1, 0) < 0 && errno == ESRCH)
+        long action;
+        if (draining && h_kill(-1, 0) == -ESRCH)
             return 0; /* the namespace is empty and nobody will spawn into it again */
-        if (poll(fds, 2, draining ? DRAIN_CHECK_MS : -1) < 0) {
-            if (errno == EINTR)
-                continue;
+        ret = h_ppoll(fds, 2, draining ? &drain_check : NULL);
+        if (ret == -EINTR)
+            continue;
+        if (ret < 0)
             return HELPER_INIT_FAILED_EXIT;
-        }
         action = HELPER_INIT_IGNORE;
-        if (fds[0].revents != 0) {
+        if (fds[0].fd >= 0 && fds[0].revents != 0) {
             fds[0].fd = -1;
             action = on_owner_exit;
         }
-        if (fds[1].revents != 0) {
+        if (fds[1].fd >= 0 && fds[1].revents != 0) {
             char command;
-            ssize_t got = read(fds[1].fd, &command, 1);
-            if (got < 0 && (errno == EINTR || errno == EAGAIN)) {
+            long got = h_read(fds[1].fd, &command, 1);
+            if (got == -EINTR || got == -EAGAIN) {
                 /* nothing to read after all: poll again */
             } else if (got <= 0) {
                 /* The owner's end is closed: exec, death, or a closed job. */
-                close(fds[1].fd);
+                h_close(fds[1].fd);
                 fds[1].fd = -1;
                 if (on_eof > action)
                     action = on_eof;
@@ -129,9 +179,9 @@ report:
                  * a forking member: the kernel restarts a fork that a fatal signal hits.
                  * Only as PID 1: anywhere else kill(-1) would reach every process this
                  * uid may signal outside the namespace. */
-                if (getpid() == 1)
-                    kill(-1, SIGKILL);
-                helper_write_all(fds[1].fd, &command, 1);
+                if (h_getpid() == 1)
+                    h_kill(-1, SIGKILL);
+                write_all(fds[1].fd, &command, 1);
             } else if (command == HELPER_INIT_DETACH && action < HELPER_INIT_DRAIN) {
                 action = HELPER_INIT_DRAIN;
             }
@@ -140,7 +190,7 @@ report:
             return HELPER_INIT_OWNER_GONE_EXIT; /* the kernel now kills the namespace */
         if (action == HELPER_INIT_DRAIN && !draining) {
             /* From now on the members outlive the owner: so must we. */
-            prctl(PR_SET_PDEATHSIG, 0);
+            h_prctl(PR_SET_PDEATHSIG, 0);
             fds[0].fd = -1;
             draining = 1;
         }
