@@ -24,10 +24,18 @@ from ._procfs import _close_quietly, _open_above_stdio
 HELPER_NAME = "pgjob-helper"
 
 
+_HELPER_FOUND: dict = {}  # extension file -> the helper's path, once checked
+
+
 def helper_path() -> str:
     """The absolute path of pgjob-helper, installed next to the extension (setup.py's build_ext
     puts it there, in the wheel and with --inplace). UnsupportedError naming the path if it is
-    missing or not executable: pgjob then has no helper processes to offer."""
+    missing or not executable: pgjob then has no helper processes to offer. Checked once per
+    process (a Job's start is a few hundred microseconds; two stat calls were a tenth of it);
+    a helper deleted afterwards makes the exec fail with ENOENT, naming execve."""
+    found = _HELPER_FOUND.get(c.__file__)
+    if found is not None:
+        return found
     path = os.path.join(os.path.dirname(os.path.abspath(c.__file__)), HELPER_NAME)
     if not os.path.isfile(path):
         raise UnsupportedError(errno.ENOENT, f"pgjob's helper program {path} is missing: "
@@ -35,6 +43,7 @@ def helper_path() -> str:
     if not os.access(path, os.X_OK):
         raise UnsupportedError(errno.EACCES, f"pgjob's helper program {path} is not "
                                "executable")
+    _HELPER_FOUND[c.__file__] = path
     return path
 
 
