@@ -4,7 +4,7 @@
  * holds no copy of the owner's memory. When it exits, for whatever reason, the kernel SIGKILLs
  * every process in the namespace.
  *
- *   pgjob-helper init ON_OWNER_EXIT ON_EOF ARM_PDEATHSIG
+ *   pgjob-helper init ON_OWNER_EXIT ON_EOF ARM_PDEATHSIG REPORT
  *
  * with the control socket (to the owner) on fd 3 and the owner's pidfd on fd 4, every other
  * descriptor closed, and every signal blocked (the owner blocked them around the clone; the
@@ -15,8 +15,13 @@
  * not even its startup (common_entry.c).
  *
  * Protocol on the control socket (as the forked init it replaces had, but for the report):
- *   init -> owner  struct helper_init_report, only when a setup step failed (the init then
- *                  exits; the owner does not wait for a report, it sees the exit on the pidfd);
+ *   init -> owner  struct helper_init_report once set up (step 0) or failed (step, errno;
+ *                  the init then exits). With REPORT 0 only a failure is reported: the owner
+ *                  does not wait, and sees an exit on the init's pidfd. REPORT 1 is for an init
+ *                  in a new user namespace: the owner writes its id maps only once the init
+ *                  runs, because only then is it dumpable (until exec has set that, the new
+ *                  mm carries the owner's flag, and a non-dumpable task's /proc files are
+ *                  root's: the owner that setuid()'d from root would get EACCES);
  *   owner -> init  'TERMINATE': kill(-1, SIGKILL) inside the namespace, answered with the same
  *                  byte; 'DETACH': drain; EOF (the owner exec'd, died or closed the job): ON_EOF.
  * The init decides to go when the owner process has exited (its pidfd turns readable only when
@@ -56,7 +61,7 @@ static int
 usage(void)
 {
     static const char text[] = "pgjob-helper: usage: pgjob-helper init ON_OWNER_EXIT ON_EOF "
-                               "ARM_PDEATHSIG (a helper process of the pgjob library)\n";
+                               "ARM_PDEATHSIG REPORT (a helper process of the pgjob library)\n";
     write_all(2, text, sizeof(text) - 1);
     return HELPER_USAGE_EXIT;
 }
@@ -92,13 +97,14 @@ helper_init_main(int argc, char **argv)
     struct helper_init_report report;
     struct helper_kernel_sigaction sa;
     struct pollfd fds[2];
-    long on_owner_exit, on_eof, arm_pdeathsig, ret;
+    long on_owner_exit, on_eof, arm_pdeathsig, report_always, ret = 0;
     const int control_fd = HELPER_INIT_CONTROL_FD, owner_pidfd = HELPER_INIT_OWNER_PIDFD;
     int draining = 0;
 
-    if (argc != 4 || helper_parse_long(argv[1], &on_owner_exit) < 0
+    if (argc != 5 || helper_parse_long(argv[1], &on_owner_exit) < 0
             || helper_parse_long(argv[2], &on_eof) < 0
-            || helper_parse_long(argv[3], &arm_pdeathsig) < 0)
+            || helper_parse_long(argv[3], &arm_pdeathsig) < 0
+            || helper_parse_long(argv[4], &report_always) < 0)
         return usage();
 
     /* Whatever started us: no signal may end us but SIGKILL, and we hold nothing but our two
@@ -133,11 +139,12 @@ helper_init_main(int argc, char **argv)
     }
     h_chdir("/"); /* only to release the owner's cwd; staying is harmless */
 report:
-    if (report.step != 0) {
+    if (report.step != 0)
         report.err = (int)-ret;
+    if (report.step != 0 || report_always)
         write_all(control_fd, &report, sizeof(report));
+    if (report.step != 0)
         return HELPER_INIT_FAILED_EXIT;
-    }
 
     fds[0].fd = owner_pidfd;
     fds[1].fd = control_fd;

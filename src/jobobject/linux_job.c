@@ -123,7 +123,9 @@ linux_start_init(PyObject *self, PyObject *args)
     PyObject *path_obj;
     struct init_exec x;
     char on_owner_exit_text[16], on_eof_text[16], arm_text[4];
-    char *argv[6];
+    char *argv[7];
+    struct helper_init_report report = {0, 0};
+    ssize_t got;
     const char *failed = NULL;
     sigset_t all, old;
     pid_t pid;
@@ -145,7 +147,8 @@ linux_start_init(PyObject *self, PyObject *args)
     argv[2] = on_owner_exit_text;
     argv[3] = on_eof_text;
     argv[4] = arm_text;
-    argv[5] = NULL;
+    argv[5] = map_ids ? "1" : "0"; /* REPORT: see below */
+    argv[6] = NULL;
     x.argv = argv;
 
     char *stacks = pgjob_thread_stacks();
@@ -196,11 +199,25 @@ linux_start_init(PyObject *self, PyObject *args)
     } else if (x.failed != NULL) {
         failed = x.failed;
         saved_errno = x.err;
-    } else if (map_ids && (failed = map_ids_of(pid, uid, gid)) != NULL) {
-        saved_errno = errno;
+    } else if (map_ids) {
+        /* Only once the init runs is it dumpable, its /proc files ours (init.c, REPORT). */
+        do {
+            got = read(sv[0], &report, sizeof(report));
+        } while (got < 0 && errno == EINTR);
+        if (got != (ssize_t)sizeof(report)) {
+            saved_errno = got < 0 ? errno : EPIPE;
+            failed = "read(init handshake)";
+        } else if (report.step != 0) {
+            saved_errno = report.err;
+            failed = report.step == HELPER_INIT_STEP_SETSID ? "setsid (in the init)"
+                     : report.step == HELPER_INIT_STEP_SIGCHLD ? "sigaction(SIGCHLD) (in the init)"
+                     : "prctl(PR_SET_PDEATHSIG) (in the init)";
+        } else if ((failed = map_ids_of(pid, uid, gid)) != NULL) {
+            saved_errno = errno;
+        }
     }
-    /* No handshake: the init's own setup (setsid, sigaction, prctl) can't fail in a fresh
-     * process, so we don't wait for it; it goes on while the caller spawns its first
+    /* Otherwise no handshake: the init's own setup (setsid, sigaction, prctl) can't fail in
+     * a fresh process, so we don't wait for it; it goes on while the caller spawns its first
      * member. A failed step is written to the socket before the init exits, and an init that
      * exits shows on its pidfd: the next spawn finds the namespace gone (see _linux.py). */
     if (pid > 0 && failed != NULL) {

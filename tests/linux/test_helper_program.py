@@ -432,8 +432,8 @@ def test_the_built_helper_needs_no_glibc_newer_than_2_17():
 
 def test_the_helper_refuses_a_wrong_command_line():
     path = _linux_helpers.helper_path()
-    for argv in ([path], [path, "nonsense"], [path, "init"], [path, "init", "1", "x", "0"],
-                 [path, "init", "1", "99999999999999999999", "0"]):
+    for argv in ([path], [path, "nonsense"], [path, "init"], [path, "init", "1", "x", "0", "0"],
+                 [path, "init", "1", "99999999999999999999", "0", "0"], [path, "init", "1", "1", "0"]):
         proc = subprocess.run(argv, stderr=subprocess.PIPE, timeout=10)
         assert proc.returncode == 64, (argv, proc)
         assert b"usage: pgjob-helper" in proc.stderr
