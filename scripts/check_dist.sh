@@ -70,14 +70,18 @@ cp -r "$("$vw" -c 'import os, pgjob; print(os.path.dirname(pgjob.__file__))')" "
     "$work/venv-wheel/bin/pgjob" --version
     # The installed init: a Job's PID 1 is the wheel's own pgjob-helper, and it works.
     "$vw" - <<'PY'
-import os, sys
+import os, sys, time
 if sys.platform.startswith("linux"):
     import pgjob
     from pgjob import _linux_helpers
     helper = _linux_helpers.helper_path()
     assert "/venv-wheel/" in helper and os.access(helper, os.X_OK), helper
     with pgjob.Job(mechanism="pid_namespace", on_unavailable="raise") as job:
-        assert os.readlink(f"/proc/{job._impl._init.pid}/exe") == helper
+        # Job() returns from inside the init's execve: give it a moment to switch programs.
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{job._impl._init.pid}/exe") != helper:
+            assert time.monotonic() < deadline, os.readlink(f"/proc/{job._impl._init.pid}/exe")
+            time.sleep(0.01)
         assert job.popen(["sh", "-c", "exit 5"]).wait(30) == 5
     print("check_dist: the wheel's init works:", helper)
 PY
@@ -96,14 +100,18 @@ vs="$work/venv-sdist/bin/python"
     "$work/venv-sdist/bin/pgjob" --version
     # The sdist's build made pgjob-helper too, and the init runs it.
     "$vs" - <<'PY'
-import os, sys
+import os, sys, time
 if sys.platform.startswith("linux"):
     import pgjob
     from pgjob import _linux_helpers
     helper = _linux_helpers.helper_path()
     assert "/venv-sdist/" in helper, helper
     with pgjob.Job(mechanism="pid_namespace", on_unavailable="raise") as job:
-        assert os.readlink(f"/proc/{job._impl._init.pid}/exe") == helper
+        # Job() returns from inside the init's execve: give it a moment to switch programs.
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{job._impl._init.pid}/exe") != helper:
+            assert time.monotonic() < deadline, os.readlink(f"/proc/{job._impl._init.pid}/exe")
+            time.sleep(0.01)
     print("check_dist: the sdist built", helper)
 PY
     set +e
