@@ -261,12 +261,17 @@ def _start_job_init(options: JobOptions) -> tuple:
                 pid, pidfd, control = c.start_init(flags, map_ids, on_exit, on_exit, False,
                                                    helper)
         except OSError as exc:
-            logger.debug("clone3(0x%x) for a job's init: %s", flags, exc)
+            logger.debug("clone(0x%x) + exec of %s for a job's init: %s", flags, helper, exc)
+            if getattr(exc, "syscall", None) == "execve":
+                # The helper is there but can't run here (a noexec mount, a foreign
+                # architecture, a seccomp filter): no namespace init to be had.
+                raise UnsupportedError(exc.errno, f"pgjob's helper program {helper} could not "
+                                       f"be executed: {exc.strerror}") from exc
             failure = exc
             continue
         _NAMESPACE_FLAGS[os.getpid()] = (flags, map_ids)
-        logger.debug("started the job's init: pid %d, clone3 flags 0x%x%s", pid, flags,
-                     ", unprivileged user namespace" if map_ids else "")
+        logger.debug("started the job's init (%s): pid %d, clone flags 0x%x%s", helper, pid,
+                     flags, ", unprivileged user namespace" if map_ids else "")
         return _Init(pid, pidfd, control, map_ids), flags, map_ids
     assert failure is not None
     raise failure

@@ -455,3 +455,29 @@ def test_start_init_of_a_missing_helper_names_execve_and_leaves_nothing(tmp_path
     assert set(os.listdir("/proc/self/fd")) == before  # every descriptor of the attempt closed
     # and the failed child was reaped (older children may have gone meanwhile: a subset)
     assert set(children_by_parent().get(os.getpid(), [])) <= children_before
+
+
+@pytest.fixture
+def unrunnable_helper(monkeypatch, tmp_path):
+    """A pgjob-helper that is there and executable but that the kernel can't run (ENOEXEC),
+    as on a noexec mount or for a foreign architecture."""
+    path = tmp_path / "pgjob-helper"
+    path.write_bytes(b"\x00not a program\n")
+    path.chmod(0o755)
+    monkeypatch.setattr(_linux_helpers, "helper_path", lambda: str(path))
+    return str(path)
+
+
+def test_a_helper_that_cant_run_makes_a_named_pid_namespace_unsupported(unrunnable_helper):
+    with pytest.raises(pgjob.UnsupportedError) as info:
+        pgjob.Job(mechanism="pid_namespace")
+    assert unrunnable_helper in str(info.value)
+    assert info.value.__cause__.syscall == "execve"
+
+
+def test_a_helper_that_cant_run_falls_back_and_says_so(unrunnable_helper, caplog):
+    with caplog.at_level("WARNING", logger="pgjob"):
+        with pgjob.Job() as j:
+            assert j.mechanism != "pid_namespace"
+            assert j.popen(["true"]).wait(30) == 0
+    assert unrunnable_helper in caplog.text
