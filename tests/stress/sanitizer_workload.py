@@ -1,5 +1,6 @@
 """What tests/stress/test_sanitizers_linux.py runs under ASan+UBSan: every C entry point of the
 Linux extension, on its success and its error paths, a few times each."""
+import os
 import subprocess
 import sys
 
@@ -33,6 +34,7 @@ def main():
                     except (OSError, ValueError):
                         pass
                 job.wait(60)
+    spawn_into_cgroups()
     # The raw C calls with wrong arguments: only Python exceptions.
     for call in (lambda: c.spawn(), lambda: c.unshare("x"), lambda: c.setns(-1, 0),
                  lambda: c.spawn(*([None] * 25)), lambda: c.spawn(*([None] * 27))):
@@ -42,6 +44,58 @@ def main():
             pass
     print(f"extension {c.__file__}", flush=True)
     print("workload done", flush=True)
+
+
+def _raw_spawn(argv, cgroup_fd):
+    """_jobobject.spawn of `argv` as subprocess would call it, into cgroup_fd; its exit code."""
+    errpipe_read, errpipe_write = os.pipe()
+    try:
+        pid, pidfd = c.spawn([os.fsencode(a) for a in argv], (os.fsencode(argv[0]),), None, None,
+                             True, (errpipe_write,), -1, -1, -1, -1, -1, -1, errpipe_read,
+                             errpipe_write, True, False, -1, -1, None, -1, -1, -1, -1, False,
+                             False, cgroup_fd)
+    finally:
+        os.close(errpipe_write)
+        os.close(errpipe_read)
+    os.close(pidfd)
+    return os.waitpid(pid, 0)[1]
+
+
+def spawn_into_cgroups():
+    """spawn's clone3(CLONE_INTO_CGROUP) path: refused for a directory that is no cgroup, and,
+    where we may make one, into a temporary child of our own cgroup."""
+    root = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _raw_spawn(["/bin/true"], root)
+    except OSError:
+        pass
+    finally:
+        os.close(root)
+    mount = own = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split()[0] == "cgroup2":
+                mount = left.split()[4]
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                own = line[3:].strip()
+    if mount is None or own is None:
+        return
+    path = os.path.join(mount, own.lstrip("/"), f"pgjob-asan-{os.getpid()}")
+    try:
+        os.mkdir(path)
+    except OSError:
+        return  # not ours to write: nothing more to exercise
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert _raw_spawn(["/bin/true"], fd) == 0
+        finally:
+            os.close(fd)
+    finally:
+        os.rmdir(path)
 
 
 if __name__ == "__main__":
