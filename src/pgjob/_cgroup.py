@@ -5,13 +5,18 @@ is missing: the controller, the file, the permission, the mount."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import os
+import select
+import signal
+import socket
+import threading
 from typing import Optional
 
 from ._errors import ProcessExitedError, UnsupportedError
 from ._log import logger
-from ._procfs import _above_stdio
+from ._procfs import _above_stdio, _close_quietly
 
 # Which controller each limit needs.
 LIMIT_CONTROLLERS = (("memory_limit", "memory"), ("process_memory_limit", "memory"),
@@ -373,3 +378,192 @@ def is_inside(directory: str, pid, h: Hierarchy) -> bool:
         return False
     where = h.path_of(path)
     return where is not None and (where == directory or where.startswith(directory + "/"))
+
+
+# -- the watcher ------------------------------------------------------------------------------
+
+_WATCHER_READY_TIMEOUT = 10.0 if os.environ.get("PGJOB_IN_VM") else 5.0
+
+
+class Watcher:
+    """`pgjob-helper watch`: a small exec'd program (no copy of our memory), in its own
+    session (setsid: outside our process group, so a terminal's signals don't reach it),
+    outside the job's cgroup, holding a pidfd of this process; it writes cgroup.kill when this
+    process is gone. Started with os.posix_spawn (vfork-class)."""
+
+    def __init__(self, cgroup: str, home: str, on_exit: str, on_eof: str) -> None:
+        from ._linux_helpers import helper_path
+        self.cgroup, self.home, self.on_exit, self.on_eof = cgroup, home, on_exit, on_eof
+        self.pid = -1
+        self.pidfd = self.control = -1
+        helper = helper_path()
+        owner = os.pidfd_open(os.getpid())
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        high = []
+        try:
+            # dup2 onto 3 and 4 in the child: sources above 9 can't be 3 or 4 themselves
+            # (dup2 of a descriptor onto itself would keep its close-on-exec flag).
+            for fd in (owner, theirs.fileno()):
+                high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
+            self.pid = os.posix_spawn(
+                helper, [helper, "watch", cgroup, home, on_exit, on_eof],
+                {k: v for k, v in os.environ.items() if k == "PGJOB_DEBUG"},
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                              (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                              (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0),
+                              (os.POSIX_SPAWN_DUP2, high[0], 3),
+                              (os.POSIX_SPAWN_DUP2, high[1], 4)],
+                setsid=True, setsigmask=())
+            # Our child, not reaped: the pid names it until we reap it.
+            self.pidfd = _above_stdio(os.pidfd_open(self.pid))
+            self.control = _above_stdio(os.dup(ours.fileno()))
+            os.set_inheritable(self.control, False)
+        except BaseException:
+            self._abandon()
+            raise
+        finally:
+            for fd in high + [owner]:
+                os.close(fd)
+            ours.close()
+            theirs.close()
+        logger.debug("cgroup: started watcher pid %d for %s (on exit: %s, on EOF: %s, home %s)",
+                     self.pid, cgroup, on_exit, on_eof, home)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _wait_ready(self) -> None:
+        poller = select.poll()
+        poller.register(self.control, select.POLLIN)
+        if not poller.poll(int(_WATCHER_READY_TIMEOUT * 1000)):
+            raise UnsupportedError(errno.ETIMEDOUT, f"pgjob's watcher (pid {self.pid}) did not "
+                                   f"start within {_WATCHER_READY_TIMEOUT} s")
+        answer = os.read(self.control, 1)
+        if answer != b"R":
+            raise UnsupportedError(
+                errno.EACCES, f"pgjob's watcher (pid {self.pid}) could not set itself up"
+                + (f": moving itself into {self.home}/cgroup.procs was refused"
+                   if answer == b"E" else " (it exited)"))
+
+    def _abandon(self) -> None:
+        """Kill and reap a watcher that never got to work; nothing of it remains."""
+        if self.pid > 0:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # exited already
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass  # reaped by someone's waitpid(-1)
+            self.pid = -1
+        for fd in (self.pidfd, self.control):
+            _close_quietly(fd)
+        self.pidfd = self.control = -1
+
+    def send(self, command: bytes) -> bool:
+        if self.control < 0:
+            return False
+        try:
+            os.write(self.control, command)
+            return True
+        except OSError:
+            return False  # the watcher is gone: the caller notices through its pidfd
+
+    def alive(self) -> bool:
+        if self.pidfd < 0:
+            return False
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
+
+    def stop(self, command: bytes) -> None:
+        """Tell the watcher what to do ('x' exit, 'd' drain, 'k' kill), let it go, and reap it
+        (now if it is quick, later otherwise: it is our child)."""
+        from ._linux_helpers import _reap_inits
+        _MONITOR.forget(self)
+        self.send(command)
+        _close_quietly(self.control)
+        self.control = -1
+        if self.pidfd >= 0:
+            if command == b"x":
+                poller = select.poll()
+                poller.register(self.pidfd, select.POLLIN)
+                poller.poll(100)
+            _reap_inits(self.pidfd)
+            self.pidfd = -1
+
+    def after_fork_in_child(self, owner: int) -> None:
+        _close_quietly(self.control)
+        _close_quietly(self.pidfd)
+        self.control = self.pidfd = -1
+
+
+class _Monitor:
+    """One daemon thread that watches every live watcher's pidfd: if a watcher dies while its
+    job is open, orphan protection is off for that job. It says so, and starts a new watcher."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict = {}  # watcher pidfd -> job backend
+        self._pid = -1
+        self._wake_r = self._wake_w = -1
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs = {}
+        _close_quietly(self._wake_r)
+        _close_quietly(self._wake_w)
+        self._pid, self._wake_r, self._wake_w = -1, -1, -1
+
+    def watch(self, job, watcher: Watcher) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                from ._procfs import _pipe_above_stdio
+                self._wake_r, self._wake_w = _pipe_above_stdio()
+                threading.Thread(target=self._run, name="pgjob-watcher-monitor",
+                                 daemon=True).start()
+                self._pid = os.getpid()
+            self._jobs[watcher.pidfd] = (job, watcher)
+        self._wake()
+
+    def forget(self, watcher: Watcher) -> None:
+        with self._lock:
+            self._jobs.pop(watcher.pidfd, None)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass  # full (the thread is awake anyway) or not started
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                fds = list(self._jobs)
+                wake = self._wake_r
+            poller = select.poll()
+            poller.register(wake, select.POLLIN)
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            try:
+                ready = [fd for fd, _ in poller.poll()]
+            except OSError:
+                ready = []
+            if wake in ready:
+                try:
+                    os.read(wake, 4096)
+                except OSError:
+                    pass
+            for fd in ready:
+                with self._lock:
+                    entry = self._jobs.pop(fd, None)
+                if entry is not None:
+                    entry[0]._watcher_died(entry[1])
+
+
+_MONITOR = _Monitor()
+os.register_at_fork(after_in_child=_MONITOR.after_fork_in_child)
