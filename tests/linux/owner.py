@@ -27,7 +27,7 @@ import pgjob
 
 # tests/ (this file's parent folder's parent) for the helpers the suites share.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from proc_helpers import children_by_parent, pids_with_argument  # noqa: E402
+from proc_helpers import children_by_parent, pids_with_argument, scaled  # noqa: E402
 
 mechanism, scenario, ready_dir = sys.argv[1:4]
 log_lines = []
@@ -114,7 +114,7 @@ ROUTE = {"thread": "thread", "prethread": "prethread", "pool": "pool", "system":
 
 
 def wait_ready(names, timeout=20.0):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while not all(os.path.exists(os.path.join(ready_dir, n)) for n in names):
         if time.monotonic() > deadline:
             raise SystemExit(f"members not ready: {names}")
@@ -234,6 +234,7 @@ class PreThread:
     """A thread started before protect_children() that runs what it is given afterwards."""
 
     def __init__(self):
+        self.stuck = False
         self.jobs = queue.Queue()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -251,6 +252,7 @@ class PreThread:
         box, done = [], threading.Event()
         self.jobs.put((fn, box, done))
         if not done.wait(timeout):
+            self.stuck = True
             raise TimeoutError("the pre-existing thread did not answer")
         status, value = box[0]
         if status == "error":
@@ -258,31 +260,41 @@ class PreThread:
         return value
 
 
+QUIET = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+
+def start(argv):
+    """A member with no copy of our stdout: an orphan holding the report pipe would keep the
+    test's reader waiting for an end of file."""
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL).pid
+
+
 def spawn_detached(argv):
     """In a pool worker: start a member and leave it running (its pid goes back)."""
-    return subprocess.Popen(argv).pid
+    return start(argv)
 
 
 def spawn(route, argv, prethread, pool_box):
     """Start `argv` by `route`; return the pids we know of at once (for os.system: none)."""
     if route == "thread":
         box = []
-        t = threading.Thread(target=lambda: box.append(subprocess.Popen(argv).pid))
+        t = threading.Thread(target=lambda: box.append(start(argv)))
         t.start()
         t.join()
         return box
     if route == "prethread":
-        return [prethread.call(lambda: subprocess.Popen(argv).pid)]
+        return [prethread.call(lambda: start(argv))]
     if route == "pool":
         if not pool_box:
             pool_box.append(multiprocessing.get_context("fork").Pool(1))
         return [pool_box[0].apply(spawn_detached, (argv,))]
     if route == "system":
-        status = os.system(shlex.join(argv) + " &")
+        status = os.system(shlex.join(argv) + " </dev/null >/dev/null 2>&1 &")
         if status != 0:
             raise SystemExit(f"os.system returned {status}")
         return []
-    return [subprocess.Popen(argv).pid]
+    return [start(argv)]
 
 
 def protected_pids(popen_pids, report):
@@ -294,14 +306,37 @@ def protected_pids(popen_pids, report):
     for pid in roots:
         pids.update(descendants(pid))
     after, before = report["state_after"]["cgroup"], report["state_before"]["cgroup"]
-    if after != before:
+    # Only a cgroup the call made for us: never the root or one of our old cgroup's ancestors,
+    # which hold the rest of the machine (the test kills what this returns).
+    if after and after != before and after != "/" and not (before + "/").startswith(
+            after.rstrip("/") + "/"):
         pids.update(cgroup_members(after))
-    pid_ns = os.stat("/proc/self/ns/pid_for_children").st_ino
-    if pid_ns != report["state_before"]["ns"].get("pid_for_children"):
-        if popen_pids:
-            pids.update(all_in_namespace_of(popen_pids[0]))
+    own_ns = os.stat("/proc/self/ns/pid").st_ino
+    for pid in popen_pids[:1]:
+        try:
+            child_ns = os.stat(f"/proc/{pid}/ns/pid").st_ino
+        except OSError:
+            continue
+        if child_ns != own_ns:  # a namespace of the job's: never the host's
+            pids.update(all_in_namespace_of(pid))
     pids.discard(os.getpid())
-    return pids
+    return only_younger_than_me(pids)
+
+
+def only_younger_than_me(pids):
+    """The processes started after this owner: nothing older can be one of ours, and the
+    test kills what we report, so a wrong search must not name the machine's processes."""
+    mine = start_ticks(os.getpid())
+    return {pid for pid in pids if (start_ticks(pid) or -1) >= mine}
+
+
+def start_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2:].split()[19])
 
 
 def run_protect_or_plain(members, ready_names, report):
@@ -326,6 +361,9 @@ def run_protect_or_plain(members, ready_names, report):
             os.kill(pid, signal.SIGSTOP)
     pids = protected_pids(popen_pids, report)
     report["pids"] = sorted(pids)
+    # A pool worker ends by itself when its pool's pipe closes (the owner died): the control
+    # does not count it as a survivor.
+    report["pool_workers"] = [w.pid for w in pool_box[0]._pool] if pool_box else []
     report["cgroups"] = {pid: cgroup_of(pid) for pid in pids}
     report["helpers"] = helper_processes()
     report["log"] = log_lines
@@ -401,17 +439,44 @@ CHECKS = {
 }
 
 
+CHECK_TIMEOUT = scaled(20)
+
+
+def _alarm(signum, frame):
+    raise TimeoutError(f"no result within {CHECK_TIMEOUT:.0f} s")
+
+
+def _in_main_thread(check):
+    """A broken program can hang rather than fail (a Pool whose workers die at start is
+    restarted forever): SIGALRM turns that into a TimeoutError."""
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, CHECK_TIMEOUT)
+    try:
+        check()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run_battery(prethread):
     """{check: "ok" | "what went wrong"}, from the main thread and (pre_ prefix) from a
     thread that was started before protect_children()."""
     results = {}
     for name, check in CHECKS.items():
-        for where, call in (("", lambda c=check: c()), ("pre_", lambda c=check: prethread.call(c))):
-            try:
-                call()
-                results[where + name] = "ok"
-            except BaseException as exc:  # noqa: B902 - reported for the test to assert on
-                results[where + name] = f"{type(exc).__name__}: {exc}"
+        try:
+            _in_main_thread(check)
+            results[name] = "ok"
+        except BaseException as exc:  # noqa: B902 - reported for the test to assert on
+            results[name] = f"{type(exc).__name__}: {exc}"
+    for name, check in CHECKS.items():
+        if prethread.stuck:
+            results["pre_" + name] = "not run: the pre-existing thread is stuck"
+            continue
+        try:
+            prethread.call(check, timeout=CHECK_TIMEOUT)
+            results["pre_" + name] = "ok"
+        except BaseException as exc:  # noqa: B902 - reported for the test to assert on
+            results["pre_" + name] = f"{type(exc).__name__}: {exc}"
     return results
 
 
@@ -442,14 +507,16 @@ def child_cgroups(prethread):
     ways = {"main": lambda: zero_line(subprocess.check_output(read, text=True)),
             "thread": lambda: zero_line(by_thread()),
             "prethread": lambda: zero_line(prethread.call(
-                lambda: subprocess.check_output(read, text=True))),
+                lambda: subprocess.check_output(read, text=True), timeout=CHECK_TIMEOUT)),
             "multiprocessing_fork": lambda: by_pool("fork"),
             "multiprocessing_spawn": lambda: by_pool("spawn"),
             "os_system": by_system}
     out = {}
     for way, how in ways.items():
+        box = []
         try:
-            out[way] = how()
+            _in_main_thread(lambda: box.append(how()))
+            out[way] = box[0]
         except BaseException as exc:  # noqa: B902 - reported: the test names the route
             out[way] = f"failed: {type(exc).__name__}: {exc}"
     return out
@@ -528,12 +595,12 @@ def main():
             if scenario == "thread":
                 # Spawn from a worker thread that then exits: PR_SET_PDEATHSIG would fire here.
                 box = []
-                t = threading.Thread(target=lambda: box.append(job.popen(argv + [ready_dir, name])))
+                t = threading.Thread(target=lambda: box.append(job.popen(argv + [ready_dir, name], **QUIET)))
                 t.start()
                 t.join()
                 popens.append(box[0])
             else:
-                popens.append(job.popen(argv + [ready_dir, name]))
+                popens.append(job.popen(argv + [ready_dir, name], **QUIET))
         wait_ready(ready_names)
         if scenario == "stopped":
             # Every member, and (pid_namespace) the namespace's init: a stopped init can't
@@ -555,8 +622,8 @@ def main():
             # pgjob's own init: PID 1 of the namespace, no member but one of our children.
             report["init"] = [pid for pid in descendants(os.getpid()) if inner_pid(pid) == 1]
         report["popen_pids"] = [p.pid for p in popens]
-        report["pids"] = sorted(set(job.pids()) | set(descendants(os.getpid()))
-                                | set(started_for_this_owner()))
+        report["pids"] = sorted(only_younger_than_me(
+            set(job.pids()) | set(descendants(os.getpid())) | set(started_for_this_owner())))
         report["direct"] = [p.pid for p in popens]
         report["cgroups"] = {pid: cgroup_of(pid) for pid in report["pids"]}
         report["helpers"] = helper_processes()
