@@ -97,6 +97,12 @@ void pgjob_close_fds_except(int low, const int *keep, Py_ssize_t n_keep);
  * is on 0-2 (closed on failure, -1 with errno) */
 int pgjob_fd_above_stdio(int fd);
 
+/* linux_clone.c: a CLONE_VM child running fn(arg) on [stack, stack + stack_size), created in
+ * the cgroup of cgroup_fd (clone3 CLONE_INTO_CGROUP) if it is >= 0; `flags` as for clone(2)
+ * (exit signal in the low byte), CLONE_PIDFD added when pidfd is not NULL */
+pid_t pgjob_clone_vm(int (*fn)(void *), void *arg, char *stack, size_t stack_size, int flags,
+                     int *pidfd, int cgroup_fd);
+
 /* linux_job.c: the job's init (and protect_children()'s reaper), unshare/setns */
 PyObject *linux_start_init(PyObject *self, PyObject *args);
 PyObject *linux_unshare(PyObject *self, PyObject *args);

@@ -116,6 +116,7 @@ if sys.platform == "linux":
         userns_fd: int,
         pdeathsig: bool,
         chdir_marker: bool,
+        cgroup_fd: int = -1,
         /,
     ) -> tuple[int, int]: ...
     # linux_job.c

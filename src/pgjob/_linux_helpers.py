@@ -13,9 +13,29 @@ import weakref
 
 from . import _jobobject as c
 from ._base import JobOptions
+from ._errors import UnsupportedError
 from ._log import logger
 from ._linux_spawn import _SPAWN_THREAD
 from ._procfs import _close_quietly, _open_above_stdio
+
+
+# -- the program the helpers exec -----------------------------------------------------------------
+
+HELPER_NAME = "pgjob-helper"
+
+
+def helper_path() -> str:
+    """The absolute path of pgjob-helper, installed next to the extension (setup.py's build_ext
+    puts it there, in the wheel and with --inplace). UnsupportedError naming the path if it is
+    missing or not executable: pgjob then has no helper processes to offer."""
+    path = os.path.join(os.path.dirname(os.path.abspath(c.__file__)), HELPER_NAME)
+    if not os.path.isfile(path):
+        raise UnsupportedError(errno.ENOENT, f"pgjob's helper program {path} is missing: "
+                               "reinstall pgjob, or rebuild it (setup.py build_ext)")
+    if not os.access(path, os.X_OK):
+        raise UnsupportedError(errno.EACCES, f"pgjob's helper program {path} is not "
+                               "executable")
+    return path
 
 
 # Every object that holds descriptors of a helper or member, so that a fork's copies can be
