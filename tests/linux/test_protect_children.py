@@ -115,9 +115,10 @@ def test_owner_sigkilled_every_process_created_after_the_call_dies(owner_factory
     assert owner.members and all(alive(m) for m in owner.members)
     # What the kernel has: every member (not the watcher) in the job's cgroup, like the owner.
     assert cgroup_of(owner.proc.pid) == job_cgroup
-    outside = {pid: cgroup_of(pid) for pid, _ in owner.members if cgroup_of(pid) != job_cgroup}
-    assert not outside, f"members outside the job cgroup {job_cgroup}: {outside}"
     watchers = helpers_started(info)
+    outside = {pid: cgroup_of(pid) for pid, _ in owner.members
+               if pid not in watchers and cgroup_of(pid) != job_cgroup}
+    assert not outside, f"members outside the job cgroup {job_cgroup}: {outside}"
     assert watchers and all(cg != job_cgroup for cg in watchers.values()), watchers
     watcher_procs = [owner.tracker.track(pid) for pid in watchers]
 
