@@ -611,7 +611,9 @@ def main():
                 inits = [pid for pid in all_in_namespace_of(popens[0].pid)
                          if inner_pid(pid) == 1]
             report["stopped_init"] = inits
-            for pid in job.pids() + inits:
+            # The members themselves, not job.pids(): that may list a member's transient
+            # `touch`, and a stopped grandchild is beyond what pdeathsig promises.
+            for pid in [p.pid for p in popens] + inits:
                 try:
                     os.kill(pid, signal.SIGSTOP)
                 except ProcessLookupError:
