@@ -131,8 +131,10 @@ def read_text(directory: str, name: str) -> Optional[str]:
     try:
         with open(os.path.join(directory, name)) as f:
             return f.read()
-    except FileNotFoundError:
-        return None
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV):  # ENODEV: the cgroup was just removed
+            return None
+        raise
 
 
 def read_keyed(directory: str, name: str) -> Optional[dict]:
@@ -184,8 +186,10 @@ def procs(directory: str) -> list:
         try:
             with open(os.path.join(dirpath, "cgroup.procs")) as f:
                 found.extend(int(line) for line in f if line.strip())
-        except FileNotFoundError:
-            dirnames[:] = []  # removed since we listed it
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                raise
+            dirnames[:] = []  # removed since we listed it (ENODEV: while we read it)
     return found
 
 
