@@ -1,13 +1,15 @@
 """Linux backends: a Job owns one PID namespace whose PID 1 is a small C init that dies with
 the owner process, so the kernel kills the whole tree (mechanism "pid_namespace"); each
 job.popen() child enters that namespace as it is created, staying a child of this process;
-where namespaces are refused, direct children get PR_SET_PDEATHSIG ("pdeathsig", weaker,
-see docs/linux.md).
+or one cgroup v2 whose watcher writes cgroup.kill when the owner dies ("cgroup": limits,
+assign(), protect_children()); where namespaces are refused, direct children get
+PR_SET_PDEATHSIG ("pdeathsig", weaker, see docs/linux.md).
 
 The backend is split by responsibility:
   _procfs.py         what is read from /proc, and descriptor hygiene;
   _linux_spawn.py    the spawn adapter (Popen's _execute_child with our fork_exec);
   _linux_helpers.py  the lives of the helper processes (a namespace's init) and the fork hook;
+  _cgroup.py         cgroup v2: discovery, placement, its files, and the watcher's life;
   _linux.py          the backends (this module), one class per mechanism.
 Which mechanism a Job gets, and what it falls back to, is decided in one place: _job.Job.
 
