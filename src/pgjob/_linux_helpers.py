@@ -203,36 +203,6 @@ class _Init:
             self.pidfd = -1
 
 
-def _map_own_ids(uid: int, gid: int) -> None:
-    """After unshare(CLONE_NEWUSER): map our uid/gid (as read before the unshare) onto
-    themselves (one line each is what an unprivileged process may write)."""
-    try:
-        with open("/proc/self/uid_map", "w") as f:
-            f.write(f"{uid} {uid} 1\n")
-        try:
-            with open("/proc/self/setgroups", "w") as f:
-                f.write("deny")
-        except FileNotFoundError:
-            pass  # kernels before 3.19
-        with open("/proc/self/gid_map", "w") as f:
-            f.write(f"{gid} {gid} 1\n")
-    except OSError as exc:
-        exc.syscall = "write /proc/self/uid_map"  # what classify() keys on, as from C
-        raise
-
-
-def _leave_pid_namespace_for_children() -> None:
-    """Undo unshare(CLONE_NEWPID) for this thread: point its children back at our own namespace."""
-    try:
-        fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            c.setns(fd, c.CLONE_NEWPID)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        logger.warning("could not return to this process's PID namespace: %s", exc)
-
-
 # -- choosing a mechanism -------------------------------------------------------------------------
 
 _NAMESPACE_FLAGS: dict = {}  # pid -> (clone_flags, map_ids) that worked in that process
