@@ -259,20 +259,24 @@ DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
 
 
 def _own_delegated_cgroup():
-    """The cgroup this (non-root) process runs in, if it was delegated to us: the directory
-    and its cgroup.procs are ours and writable (systemd's Delegate=yes, or H4's harness)."""
+    """A cgroup delegated to this (non-root) process's user, where it may make children and
+    move itself: the one the harness names (scripts/vm's guest sets
+    PGJOB_VM_DELEGATED_CGROUP to user@UID.service, whose leaf scope the command runs in),
+    else our own cgroup if it is ours (systemd's Delegate=yes). None if neither is."""
     mount = cgroup2_mount()
     if mount is None:
         return None
-    own = cgroup_path(cgroup_of())
-    try:
-        if os.stat(own).st_uid != os.geteuid():
-            return None
-    except OSError:
-        return None
-    if not os.access(own, os.W_OK) or not os.access(os.path.join(own, "cgroup.procs"), os.W_OK):
-        return None
-    return own
+    named = os.environ.get("PGJOB_VM_DELEGATED_CGROUP")
+    candidates = ([cgroup_path(named)] if named else []) + [cgroup_path(cgroup_of())]
+    for path in candidates:
+        try:
+            if os.stat(path).st_uid != os.geteuid():
+                continue
+        except OSError:
+            continue
+        if os.access(path, os.W_OK) and os.access(os.path.join(path, "cgroup.procs"), os.W_OK):
+            return path
+    return None
 
 
 def remove_cgroup_tree(top):

@@ -283,7 +283,9 @@ def delegated_cgroup():
     mount = cgroup2_mount()
     if mount is None:
         pytest.skip("no cgroup2 hierarchy is mounted")
-    parent = os.path.join(mount, cgroup_of().lstrip("/"))
+    # An ordinary user's delegated cgroup: the harness's (scripts/vm names it), else our own.
+    named = os.environ.get("PGJOB_VM_DELEGATED_CGROUP") if os.geteuid() else None
+    parent = os.path.join(mount, (named or cgroup_of()).lstrip("/"))
     if os.geteuid() == 0:
         record = pwd.getpwnam(SERVER_USER)
         uid, gid = record.pw_uid, record.pw_gid

@@ -239,8 +239,8 @@ def test_delegated_owner_sigkilled_repeatedly_leaves_no_survivor(mechanism, scen
             pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {uid} can run")
     else:
         uid, python = None, sys.executable
-        own = os.path.join(orphans.cgroup2_mount() or "/nonexistent",
-                           orphans.own_cgroup().lstrip("/"))
+        delegated = os.environ.get("PGJOB_VM_DELEGATED_CGROUP") or orphans.own_cgroup()
+        own = os.path.join(orphans.cgroup2_mount() or "/nonexistent", delegated.lstrip("/"))
         if not os.access(os.path.join(own, "cgroup.procs"), os.W_OK):
             pytest.skip("this ordinary user's cgroup is not delegated to it")
     members = survivors = 0
