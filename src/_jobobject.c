@@ -70,8 +70,10 @@ static PyMethodDef jobobject_methods[] = {
      "The pidfd is above 2 and close-on-exec."},
     /* linux_job.c */
     {"start_init", linux_start_init, METH_VARARGS,
-     "start_init(clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig) -> (pid, pidfd, control_fd)\n\n"
-     "clone3 the init of a new PID namespace (or of the one unshare() made), once it is set up."},
+     "start_init(clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig, helper_path)\n"
+     "  -> (pid, pidfd, control_fd)\n\n"
+     "Start `helper_path init` (clone CLONE_VM|CLONE_VFORK + execve) as the init of a new PID\n"
+     "namespace (or of the one unshare() made); returns once it is set up."},
     {"unshare", linux_unshare, METH_VARARGS, "unshare(flags) -> None"},
     {"setns", linux_setns, METH_VARARGS, "setns(fd, nstype) -> None"},
 #endif

@@ -36,7 +36,7 @@
 #endif
 
 /* Stack of each CLONE_VM|CLONE_VFORK child: it only sets up fds and calls execve. */
-#define CHILD_STACK_SIZE (256 * 1024)
+#define CHILD_STACK_SIZE PGJOB_CHILD_STACK_SIZE
 
 /* Everything the children need, prepared with the GIL held; they only read it. */
 struct spawn_config {
@@ -343,9 +343,9 @@ create_stacks_key(void)
     stacks_key_ok = pthread_key_create(&stacks_key, unmap_stacks) == 0;
 }
 
-/* This thread's stacks, or NULL with errno set. */
-static char *
-thread_stacks(void)
+/* This thread's stacks (2 * PGJOB_CHILD_STACK_SIZE), or NULL with errno set. */
+char *
+pgjob_thread_stacks(void)
 {
     char *stacks;
 
@@ -371,7 +371,7 @@ thread_stacks(void)
 static pid_t
 clone_vfork(const struct spawn_config *c, int *pidfd, const char **failed)
 {
-    char *stacks = thread_stacks();
+    char *stacks = pgjob_thread_stacks();
     if (stacks == NULL) {
         *failed = "mmap";
         return -1;
@@ -520,7 +520,7 @@ static pid_t
 spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
 {
     int status = 0, saved;
-    char *stacks = thread_stacks();
+    char *stacks = pgjob_thread_stacks();
     if (stacks == NULL) {
         *failed = "mmap";
         return -1;

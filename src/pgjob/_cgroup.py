@@ -131,8 +131,10 @@ def read_text(directory: str, name: str) -> Optional[str]:
     try:
         with open(os.path.join(directory, name)) as f:
             return f.read()
-    except FileNotFoundError:
-        return None
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV):  # ENODEV: the cgroup was just removed
+            return None
+        raise
 
 
 def read_keyed(directory: str, name: str) -> Optional[dict]:
@@ -184,8 +186,10 @@ def procs(directory: str) -> list:
         try:
             with open(os.path.join(dirpath, "cgroup.procs")) as f:
                 found.extend(int(line) for line in f if line.strip())
-        except FileNotFoundError:
-            dirnames[:] = []  # removed since we listed it
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                raise
+            dirnames[:] = []  # removed since we listed it (ENODEV: while we read it)
     return found
 
 
@@ -253,6 +257,22 @@ def _enable(h: Hierarchy, directory: str, controllers: list) -> Optional[OSError
         return exc
 
 
+def _v1_mounts() -> dict:
+    """controller -> mount point of the cgroup v1 hierarchies (a hybrid's), for messages."""
+    found = {}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                after = right.split()
+                if len(after) >= 3 and after[0] == "cgroup":
+                    for option in after[2].split(","):
+                        found.setdefault(option, _unescape_mountinfo(left.split()[4]))
+    except OSError:
+        pass  # only for a message
+    return found
+
+
 def choose_parent(h: Hierarchy, controllers: list) -> str:
     """The directory a job cgroup goes in (see docs/linux.md, "Where the job's cgroup goes"):
     our own cgroup C if it has, or can enable for its children, every controller the limits
@@ -269,16 +289,16 @@ def choose_parent(h: Hierarchy, controllers: list) -> str:
     absent = [c for c in missing if c not in available]
     if absent:
         parent = os.path.dirname(own) if own != h.mount else None
+        v1 = [f"{c} is a cgroup v1 hierarchy at {_v1_mounts().get(c)}" for c in absent
+              if c in _v1_mounts()]
         raise UnsupportedError(
-            errno.EOPNOTSUPP, f"controller {', '.join(absent)} is not available to this "
-            f"process's cgroup: {own}/cgroup.controllers lists "
+            errno.EOPNOTSUPP, f"cgroup v2 controller {', '.join(absent)} is not available to "
+            f"this process's cgroup: {own}/cgroup.controllers lists "
             f"'{' '.join(sorted(available)) or 'none'}'"
             + (f" (its parent {parent} does not enable it in cgroup.subtree_control"
                if parent else " (the root of the hierarchy")
             + f"; cgroup2 mounted at {h.mount})"
-            + ("; on a cgroup v1/v2 hybrid the controller is probably mounted as v1, which "
-               "pgjob does not drive" if os.path.isdir("/sys/fs/cgroup/unified")
-               and h.mount.endswith("/unified") else ""))
+            + (f"; {'; '.join(v1)} (a v1/v2 hybrid), which pgjob does not drive" if v1 else ""))
     exc = _enable(h, own, missing)
     if exc is None:
         return own

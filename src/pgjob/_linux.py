@@ -1,13 +1,15 @@
 """Linux backends: a Job owns one PID namespace whose PID 1 is a small C init that dies with
 the owner process, so the kernel kills the whole tree (mechanism "pid_namespace"); each
 job.popen() child enters that namespace as it is created, staying a child of this process;
-where namespaces are refused, direct children get PR_SET_PDEATHSIG ("pdeathsig", weaker,
-see docs/linux.md).
+or one cgroup v2 whose watcher writes cgroup.kill when the owner dies ("cgroup": limits,
+assign(), protect_children()); where namespaces are refused, direct children get
+PR_SET_PDEATHSIG ("pdeathsig", weaker, see docs/linux.md).
 
 The backend is split by responsibility:
   _procfs.py         what is read from /proc, and descriptor hygiene;
   _linux_spawn.py    the spawn adapter (Popen's _execute_child with our fork_exec);
   _linux_helpers.py  the lives of the helper processes (a namespace's init) and the fork hook;
+  _cgroup.py         cgroup v2: discovery, placement, its files, and the watcher's life;
   _linux.py          the backends (this module), one class per mechanism.
 Which mechanism a Job gets, and what it falls back to, is decided in one place: _job.Job.
 
@@ -428,6 +430,7 @@ class CgroupJob(_LinuxJob):
         self._watcher: Optional[_cgroup.Watcher] = None
         self._holds_self = False
         self._counters = {"oom_kill": 0, "max": 0}
+        self._generation = 0  # cgroups made below the job after a terminate()
         try:
             _cgroup.apply_limits(path, options, h)
             self._dirfd = _cgroup.open_dir(path)
@@ -615,6 +618,7 @@ class CgroupJob(_LinuxJob):
         # cgroup.kill has no exit code to give: every member dies of SIGKILL.
         if not self._holds_self:
             _cgroup.write(self._dir, "cgroup.kill", "1")
+            self._new_spawn_target()
             return
         # This process is a member (protect_children()): cgroup.kill would kill it too. Kill
         # the others, again while new ones appear (a member forking while we kill).
@@ -627,6 +631,24 @@ class CgroupJob(_LinuxJob):
             for pid in others:
                 _signal_quietly(pid, signal.SIGKILL)
             time.sleep(0.001)
+
+    def _new_spawn_target(self) -> None:
+        """After cgroup.kill, start later members in a fresh cgroup below the job's. Seen on
+        Linux 6.18: every clone3(CLONE_INTO_CGROUP) into a cgroup that was once killed is
+        SIGKILLed at birth (the kill sequence number the fork recorded is the parent's
+        cgroup's, not the target's), while a new cgroup below it takes children normally.
+        Below the job cgroup it stays under its limits, its cgroup.kill and its counts."""
+        self._generation += 1
+        path = os.path.join(self._dir, f"after-terminate-{self._generation}")
+        os.mkdir(path)
+        try:
+            fd = _cgroup.open_dir(path)
+        except BaseException:
+            os.rmdir(path)
+            raise
+        old, self._dirfd = self._dirfd, fd
+        _close_quietly(old)
+        logger.debug("cgroup: later members start in %s", path)
 
     def _empty_within(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
