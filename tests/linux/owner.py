@@ -598,7 +598,8 @@ def main():
             if scenario == "thread":
                 # Spawn from a worker thread that then exits: PR_SET_PDEATHSIG would fire here.
                 box = []
-                t = threading.Thread(target=lambda: box.append(job.popen(argv + [ready_dir, name], **QUIET)))
+                t = threading.Thread(target=lambda: box.append(
+                    job.popen(argv + [ready_dir, name], **QUIET)))
                 t.start()
                 t.join()
                 popens.append(box[0])

@@ -2,8 +2,8 @@
 postmaster, a session holds LOCK TABLE inside a transaction, the wrapper is SIGKILLed.
 
 With pgjob (the library's Job.popen, protect_children() then plain subprocess, and `pgjob
-run`), every process of the cluster must be gone within 5 s and a plain `pg_ctl start` on the same data directory and port must succeed
-and answer SELECT 1. The control (plain subprocess) must show the opposite: the postmaster
+run`), every process of the cluster must be gone within 5 s and, once reaped, a plain
+`pg_ctl start` on the same data directory and port must succeed and answer SELECT 1. The control (plain subprocess) must show the opposite: the postmaster
 orphaned, still holding the port and the lock, and the restart refused.
 """
 import json

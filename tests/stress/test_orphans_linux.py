@@ -139,7 +139,8 @@ def _owner_round(mechanism, scenario, command, user=None, python=sys.executable,
         proc.wait(20)
         if command != "kill":
             assert proc.returncode == (0 if command == "exit" else 1), proc.stderr.read()
-        wait_until(lambda: all(start_time(p) != s for p, s in members), timeout=grace * orphans.TIMEOUT_SCALE)
+        wait_until(lambda: all(start_time(p) != s for p, s in members),
+                   timeout=grace * orphans.TIMEOUT_SCALE)
         left = [m for m in members if start_time(m[0]) == m[1]]
         return len(members), len(left), info
     finally:
@@ -236,7 +237,8 @@ def test_delegated_owner_sigkilled_repeatedly_leaves_no_survivor(mechanism, scen
         uid = TEST_UID
         python = _unprivileged_python(uid)
         if python is None:
-            pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {uid} can run")
+            pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {uid} "
+                        "can run")
     else:
         uid, python = None, sys.executable
         delegated = os.environ.get("PGJOB_VM_DELEGATED_CGROUP") or orphans.own_cgroup()
