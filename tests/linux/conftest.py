@@ -94,7 +94,7 @@ class Owner:
         env = dict(os.environ, PYTHONPATH=SRC, PYTHONDONTWRITEBYTECODE="1")
         env.pop("PGJOB_DEBUG", None)
         kwargs = {}
-        if user is not None:
+        if user is not None and user != os.geteuid():  # already that user: nothing to switch
             kwargs.update(user=user, group=user, extra_groups=[])
         self.proc = subprocess.Popen(
             [*wrapper, python, OWNER, mechanism, scenario, str(ready_dir), *extra],
@@ -155,6 +155,8 @@ def unprivileged_python(uid):
     """An interpreter `uid` may run that loads the extension we built (same ABI tag): pyenv's
     own lives under /root, which no other user can enter (scripts/test runs world-readable
     copies of them)."""
+    if os.geteuid() == uid:
+        return sys.executable  # the suite runs as that user (scripts/vm --user, H4's harness)
     if os.geteuid() != 0:
         pytest.skip("not root: can't switch to another uid (the suite itself also runs as an "
                     "ordinary user)")

@@ -195,10 +195,14 @@ def _unprivileged_python(uid):
 @pytest.mark.parametrize("uid", UNPRIVILEGED_UIDS)
 @pytest.mark.parametrize("scenario", ["mixed", "thread"])
 def test_unprivileged_owner_sigkilled_repeatedly_leaves_no_survivor(scenario, uid):
-    if os.geteuid() != 0:
+    if os.geteuid() == uid:
+        uid = None  # the suite runs as that user: the owner is simply our child
+        python = sys.executable
+    elif os.geteuid() != 0:
         pytest.skip("not root: can't switch to another uid (the suite itself also runs as an "
                     "ordinary user)")
-    python = _unprivileged_python(uid)
+    else:
+        python = _unprivileged_python(uid)
     if python is None:
         pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {uid} can run")
     members = survivors = 0
@@ -207,7 +211,8 @@ def test_unprivileged_owner_sigkilled_repeatedly_leaves_no_survivor(scenario, ui
         assert info["mechanism"] == "pid_namespace"
         members += n
         survivors += left
-    report(f"linux-orphans sigkill unprivileged uid {uid} pid_namespace/{scenario}",
+    report(f"linux-orphans sigkill unprivileged uid {uid or os.geteuid()} "
+           f"pid_namespace/{scenario}",
            repetitions=REPETITIONS, members=members, survivors=survivors)
     assert survivors == 0
 
