@@ -13,11 +13,30 @@ import threading
 import time
 
 
+def _timeout_scale():
+    """How much slower than this host the machine is: PGJOB_TIMEOUT_SCALE if set, else 20 in
+    scripts/vm's guest (PGJOB_IN_VM=1; TCG makes a spawn cost 40-80 ms, 50-80x the host),
+    else 1. Every deadline that waits for processes to start or die is multiplied by it."""
+    value = os.environ.get("PGJOB_TIMEOUT_SCALE")
+    if value:
+        return max(1.0, float(value))
+    return 20.0 if os.environ.get("PGJOB_IN_VM") == "1" else 1.0
+
+
+TIMEOUT_SCALE = _timeout_scale()
+
+
+def scaled(seconds):
+    """`seconds` on this host, stretched by TIMEOUT_SCALE where spawns are slower."""
+    return seconds * TIMEOUT_SCALE
+
+
 def wait_until(predicate, timeout=10.0):
     """Poll `predicate` until it is true or `timeout` seconds have passed; return its last
     value. Polls every 2 ms at first, backing off to 50 ms, so a quick outcome is seen
-    quickly and a slow one costs little CPU."""
-    deadline = time.monotonic() + timeout
+    quickly and a slow one costs little CPU. `timeout` is the host's figure: it is scaled
+    here (TIMEOUT_SCALE), so callers pass it unscaled."""
+    deadline = time.monotonic() + scaled(timeout)
     delay = 0.002
     while True:
         value = predicate()
