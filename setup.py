@@ -5,10 +5,16 @@ linux_*.c on Linux, posix_*.c on other POSIX systems;
 scripts/build_windows_ext (the MinGW cross-build for the Wine harness) follows the same rule.
 """
 import os
+import platform
 import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+try:
+    from setuptools.errors import LinkError
+except ImportError:  # setuptools before 59
+    from distutils.errors import LinkError
 
 # pgjob-helper (src/helper/*.c): the program pgjob execs for its helper processes on Linux (a
 # namespace's init, a cgroup's watcher). Installed inside the package, next to the extension.
@@ -45,7 +51,7 @@ def extension():
     return Extension(
         "pgjob._jobobject",
         sources=target_sources(platform),
-        include_dirs=["src/jobobject"],
+        include_dirs=["src/jobobject", "src/helper"],  # helper.h: the init's protocol
         define_macros=macros,
         libraries=libraries,
         extra_compile_args=extra_compile_args,
@@ -71,15 +77,46 @@ class BuildExtAndHelper(build_ext):
         helper_dir = os.path.join("src", "helper")
         sources = sorted(os.path.join(helper_dir, f) for f in os.listdir(os.path.join(HERE, helper_dir))
                          if f.endswith(".c"))
-        objects = self.compiler.compile(
-            sources, output_dir=os.path.join(self.build_temp, "helper"),
-            macros=[("_GNU_SOURCE", None)], include_dirs=[helper_dir],
-            extra_postargs=["-Wall", "-Wextra", "-Wformat=2", "-O2"], debug=self.debug)
+        x86_64 = platform.machine().lower() in ("x86_64", "amd64")
+        entry_source = os.path.join(helper_dir, "common_entry.c")
+
+        def compile_(files, subdir, macros=()):
+            return self.compiler.compile(
+                files, output_dir=os.path.join(self.build_temp, "helper", subdir),
+                macros=[("_GNU_SOURCE", None), *macros], include_dirs=[helper_dir],
+                # No stack protector and no sanitizer (CFLAGS may ask for ASan for the
+                # extension): on x86_64 the init runs without libc's startup (common_entry.c),
+                # so without the thread pointer the canary would be read through, and no
+                # sanitizer runtime is set up.
+                extra_postargs=["-Wall", "-Wextra", "-Wformat=2", "-O2", "-fno-stack-protector",
+                                "-fno-sanitize=all"],
+                debug=self.debug)
+
+        common = compile_([s for s in sources if s != entry_source], "common")
         target = self.helper_path()
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        # link_executable would add Python's LDSHARED flags (-shared): link with the C driver.
-        self.compiler.link_executable(objects, HELPER, output_dir=os.path.dirname(target),
-                                      target_lang="c")
+        # Static where libc.a exists: the helper then needs no symbol of the libc it runs on
+        # (this tree is also built inside a newer-glibc chroot and then run on the host), and
+        # its exec skips the dynamic loader. Without libc.a, dynamic: the sources use only
+        # calls old enough for GLIBC_2.17 (see helper.h), and on x86_64 common_entry.c starts
+        # libc itself to name the oldest __libc_start_main; tests/linux/test_helper_program.py
+        # checks the versions the built file needs.
+        variants = [("static", ["-static", "-s"], ()), ("dynamic", ["-s"], ())]
+        if x86_64:
+            variants = [("static", ["-static", "-s", "-Wl,-e,helper_entry"], ()),
+                        ("dynamic", ["-s", "-nostartfiles", "-Wl,-e,helper_entry"],
+                         (("HELPER_LINKED_DYNAMICALLY", None),))]
+        for name, link_args, macros in variants:
+            objects = common + compile_([entry_source], name, macros)
+            try:
+                # link_executable would add Python's LDSHARED flags (-shared): the C driver.
+                self.compiler.link_executable(objects, HELPER, output_dir=os.path.dirname(target),
+                                              extra_postargs=link_args, target_lang="c")
+                break
+            except LinkError:
+                if name == "dynamic":
+                    raise
+                self.announce(f"{HELPER}: no static libc here, linking it dynamically", level=3)
         os.chmod(target, 0o755)
 
     def get_outputs(self):

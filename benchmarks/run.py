@@ -1,6 +1,6 @@
 """pgjob's benchmarks: spawn cost, teardown after the owner dies, job operations, import time.
 
-    python benchmarks/run.py [--quick] [--only spawn,teardown,ops,import] [--out DIR]
+    python benchmarks/run.py [--quick] [--only spawn,teardown,ops,import,costs] [--out DIR]
     scripts/winepy benchmarks/run.py [--quick] ...      the same for the Windows backend, under Wine
 
 Every comparison runs side by side in one process, interleaved round by round in a shuffled
@@ -455,6 +455,122 @@ def bench_import(quick):
             "wall_difference_ms": round(median_ms(wall_import) - median_ms(wall_pass), 4)}
 
 
+# -- 5. the costs issue 9 sets targets for -------------------------------------------------------
+
+COST_TARGETS = {"memory_extra_mib": 16.0, "popen_own_job_ratio": 1.3, "job_popen_ratio": 1.05}
+
+# An owner of `size` MiB that touches all of it, starts one `sleep` member (side "pgjob": in a
+# Job, made after the memory is touched; side "subprocess": a plain subprocess.Popen), then
+# rewrites all its memory, and says what that cost the machine (MemAvailable before and after
+# the rewrite) and what the helper (the Job's init) holds (smaps_rollup).
+_MEMORY_OWNER = r"""
+import json, os, subprocess, sys
+side, size = sys.argv[1], int(sys.argv[2]) * 1024 * 1024
+
+def mem_available_kib():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+
+def rollup(pid):
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                out[parts[0].rstrip(":")] = int(parts[1])
+    return out
+
+memory = bytearray(size)
+for i in range(0, size, 4096):
+    memory[i] = 1
+before = mem_available_kib()
+helper = None
+if side == "pgjob":
+    import pgjob
+    job = pgjob.Job(mechanism="pid_namespace", on_unavailable="raise")
+    member = job.popen(["sleep", "600"])
+    helper = job._impl._init.pid
+else:
+    member = subprocess.Popen(["sleep", "600"])
+for i in range(0, size, 4096):
+    memory[i] = 2
+after = mem_available_kib()
+result = {"lost_kib": before - after, "helper": rollup(helper) if helper else None}
+member.kill()
+member.wait()
+if side == "pgjob":
+    job.close()
+print(json.dumps(result), flush=True)
+"""
+
+
+def _memory_cost(side, size_mib):
+    out = subprocess.run([sys.executable, "-c", _MEMORY_OWNER, side, str(size_mib)],
+                         env=child_env(), stdout=subprocess.PIPE, check=True, timeout=300).stdout
+    return json.loads(out)
+
+
+def bench_costs(quick):
+    """Issue 9's targets, side by side with subprocess.Popen: (a) the machine memory a 512 MiB
+    owner loses when it rewrites its memory after creating a Job and starting a member, (b)
+    `pgjob.Popen(["true"]).wait()` with its private job, (c) `job.popen(["true"]).wait()` in a
+    long-lived job."""
+    if not LINUX:
+        return {"skipped": "the costs benchmark is Linux's (issue 9)"}
+    size_mib = 512
+    memory_runs = 2 if quick else 5
+    lost = {"pgjob": [], "subprocess": []}
+    helper_kib = []
+    for _ in range(memory_runs):
+        sides = list(lost)
+        random.shuffle(sides)
+        for side in sides:
+            r = _memory_cost(side, size_mib)
+            lost[side].append(r["lost_kib"] / 1024)
+            if r["helper"]:
+                helper_kib.append(r["helper"])
+    memory = {
+        "owner_mib": size_mib, "runs": memory_runs,
+        "lost_mib_median": {side: round(statistics.median(v), 1) for side, v in lost.items()},
+        "extra_mib": round(statistics.median(lost["pgjob"]) - statistics.median(lost["subprocess"]), 1),
+        "helper_rss_kib": statistics.median(h["Rss"] for h in helper_kib),
+        "helper_pss_kib": statistics.median(h["Pss"] for h in helper_kib),
+        "helper_private_dirty_kib": statistics.median(h["Private_Dirty"] for h in helper_kib),
+    }
+
+    argv = ["true"]
+    job = pgjob.Job(mechanism="pid_namespace", on_unavailable="raise")
+    contenders = {
+        "subprocess.Popen(argv).wait()": lambda: subprocess.Popen(argv).wait(),
+        "pgjob.Popen(argv).wait()": lambda: pgjob.Popen(argv).wait(),
+        "job.popen(argv).wait()": lambda: job.popen(argv).wait(),
+    }
+    rounds, batch = (6, 20) if quick else (40, 25)
+    samples = {name: [] for name in contenders}
+    names = list(contenders)
+    for name in names:
+        for _ in range(10):
+            contenders[name]()
+    for _ in range(rounds):
+        random.shuffle(names)
+        for name in names:
+            spawn = contenders[name]
+            for _ in range(batch):
+                t = clock()
+                spawn()
+                samples[name].append(clock() - t)
+    job.close()
+    base = statistics.median(samples["subprocess.Popen(argv).wait()"])
+    rows = [{"contender": name, "median_ms": median_ms(s),
+             "p10_ms": round(ms(_quantile(s, 0.1)), 4), "p90_ms": round(ms(_quantile(s, 0.9)), 4),
+             "ratio_to_subprocess": round(statistics.median(s) / base, 3), "samples": len(s)}
+            for name, s in samples.items()]
+    return {"program": argv, "rounds": rounds, "batch": batch, "rows": rows, "memory": memory,
+            "targets": COST_TARGETS}
+
+
 def _rmtree(path):
     import shutil
     shutil.rmtree(path, ignore_errors=True)
@@ -527,6 +643,29 @@ def markdown(result):
                 f"| wall: `-c 'import pgjob'` | {i['wall_import_ms']:.2f} |",
                 f"| wall: `-c 'pass'` | {i['wall_pass_ms']:.2f} |",
                 f"| wall difference | {i['wall_difference_ms']:.2f} |", ""]
+    if "costs" in result and "rows" in result["costs"]:
+        c, t = result["costs"], result["costs"]["targets"]
+        m = c["memory"]
+        ratio = {r["contender"]: r["ratio_to_subprocess"] for r in c["rows"]}
+        out += ["## 5. Issue 9's costs, next to subprocess.Popen", "",
+                f"(a) A {m['owner_mib']} MiB owner touches its memory, creates a Job, starts a "
+                f"member (`sleep`), then rewrites all its memory; MemAvailable lost meanwhile, "
+                f"median of {m['runs']} runs per side, and the Job's init (smaps_rollup):", "",
+                "| side | MemAvailable lost MiB |", "|---|---:|"]
+        out += [f"| {side} | {v:.1f} |" for side, v in m["lost_mib_median"].items()]
+        out += ["", f"Extra for the Job: **{m['extra_mib']:.1f} MiB** (target < "
+                f"{t['memory_extra_mib']:.0f} MiB); the init: Rss {m['helper_rss_kib']} KiB, Pss "
+                f"{m['helper_pss_kib']} KiB, Private_Dirty {m['helper_private_dirty_kib']} KiB.", "",
+                f"(b), (c): `{' '.join(c['program'])}`, {c['rounds']} interleaved rounds of "
+                f"{c['batch']}.", "",
+                "| contender | median ms | p10 ms | p90 ms | ratio to subprocess | target |",
+                "|---|---:|---:|---:|---:|---:|"]
+        target = {"pgjob.Popen(argv).wait()": f"<= {t['popen_own_job_ratio']}x",
+                  "job.popen(argv).wait()": f"<= {t['job_popen_ratio']}x"}
+        out += [f"| `{r['contender']}` | {r['median_ms']:.3f} | {r['p10_ms']:.3f} | "
+                f"{r['p90_ms']:.3f} | {r['ratio_to_subprocess']:.2f}x | "
+                f"{target.get(r['contender'], 'reference')} |" for r in c["rows"]]
+        out.append("")
     return "\n".join(out)
 
 
@@ -607,13 +746,15 @@ def main():
         become_subreaper()
     result = {"info": describe(), "quick": args.quick}
     benches = {"spawn": bench_spawn, "teardown": bench_teardown, "ops": bench_ops,
-               "import": bench_import}
+               "import": bench_import, "costs": bench_costs}
     for name in args.only.split(","):
         log(f"--- {name}")
         t = clock()
         result[name] = benches[name](args.quick)
         log(f"--- {name}: {clock() - t:.1f} s")
-    base = os.path.join(outdir, result["info"]["platform"])
+    # The costs benchmark alone has a file of its own, so it can be rerun without the others.
+    base = os.path.join(outdir, result["info"]["platform"]
+                        + ("-costs" if args.only == "costs" else ""))
     with open(base + ".json", "w") as f:
         json.dump(result, f, indent=1)
     text = markdown(result)

@@ -35,11 +35,17 @@ for required in ("pgjob/py.typed", "pgjob/_jobobject.pyi", "pgjob/__main__.py", 
     assert required in names, f"{required} missing from the wheel"
 assert any(n.startswith("pgjob/_jobobject.") and n.endswith((".so", ".pyd")) for n in names), names
 assert not [n for n in names if n.startswith("tests/")], "tests leaked into the wheel"
+if sys.platform.startswith("linux"):
+    # pgjob-helper, the program the Linux helper processes exec, next to the extension.
+    info = zipfile.ZipFile(sys.argv[1]).getinfo("pgjob/pgjob-helper")  # KeyError: missing
+    mode = info.external_attr >> 16
+    assert mode & 0o111 == 0o111, f"pgjob/pgjob-helper in the wheel is not executable: {oct(mode)}"
 entry = [n for n in names if n.endswith("entry_points.txt")]
 assert entry, "no entry_points.txt: the pgjob console script would be missing"
 PY
 tar -tzf "$sdist" >"$work/sdist.txt"  # (not piped into grep -q: pipefail would see tar's SIGPIPE)
-for required in src/jobobject/jobobject.h src/_jobobject.c LICENSE CHANGELOG.md src/pgjob/_jobobject.pyi; do
+for required in src/jobobject/jobobject.h src/_jobobject.c LICENSE CHANGELOG.md src/pgjob/_jobobject.pyi \
+        src/helper/helper.h src/helper/main.c src/helper/init.c; do
     grep -q "/$required\$" "$work/sdist.txt" || { echo "$required missing from the sdist"; exit 1; }
 done
 
@@ -62,6 +68,23 @@ cp -r "$("$vw" -c 'import os, pgjob; print(os.path.dirname(pgjob.__file__))')" "
     unset PYTHONPATH
     "$vw" -c "import pgjob, sys; assert '/venv-wheel/' in pgjob.__file__, pgjob.__file__; print('check_dist: testing', pgjob.__file__)"
     "$work/venv-wheel/bin/pgjob" --version
+    # The installed init: a Job's PID 1 is the wheel's own pgjob-helper, and it works.
+    "$vw" - <<'PY'
+import os, sys, time
+if sys.platform.startswith("linux"):
+    import pgjob
+    from pgjob import _linux_helpers
+    helper = _linux_helpers.helper_path()
+    assert "/venv-wheel/" in helper and os.access(helper, os.X_OK), helper
+    with pgjob.Job(mechanism="pid_namespace", on_unavailable="raise") as job:
+        # Job() returns from inside the init's execve: give it a moment to switch programs.
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{job._impl._init.pid}/exe") != helper:
+            assert time.monotonic() < deadline, os.readlink(f"/proc/{job._impl._init.pid}/exe")
+            time.sleep(0.01)
+        assert job.popen(["sh", "-c", "exit 5"]).wait(30) == 5
+    print("check_dist: the wheel's init works:", helper)
+PY
     "$vw" -m pytest tests -q -p no:cacheprovider -ra -m "not stress"
     # A user's view: mypy --strict on their program against the installed package, no config.
     "$work/venv-wheel/bin/mypy" --strict --no-incremental --config-file /dev/null examples/typed_usage.py
@@ -75,6 +98,22 @@ vs="$work/venv-sdist/bin/python"
     cd "$work/run"
     unset PYTHONPATH
     "$work/venv-sdist/bin/pgjob" --version
+    # The sdist's build made pgjob-helper too, and the init runs it.
+    "$vs" - <<'PY'
+import os, sys, time
+if sys.platform.startswith("linux"):
+    import pgjob
+    from pgjob import _linux_helpers
+    helper = _linux_helpers.helper_path()
+    assert "/venv-sdist/" in helper, helper
+    with pgjob.Job(mechanism="pid_namespace", on_unavailable="raise") as job:
+        # Job() returns from inside the init's execve: give it a moment to switch programs.
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{job._impl._init.pid}/exe") != helper:
+            assert time.monotonic() < deadline, os.readlink(f"/proc/{job._impl._init.pid}/exe")
+            time.sleep(0.01)
+    print("check_dist: the sdist built", helper)
+PY
     set +e
     "$work/venv-sdist/bin/pgjob" run -v -- "$vs" -c "import pgjob, sys; print('mechanism', pgjob.Job().mechanism); sys.exit(7)"
     status=$?

@@ -61,16 +61,19 @@ static PyMethodDef jobobject_methods[] = {
      "spawn(argv, executables, env, cwd, close_fds, fds_to_keep,\n"
      "      p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,\n"
      "      restore_signals, start_new_session, process_group, gid, extra_groups, uid, umask,\n"
-     "      pidns_fd, userns_fd, pdeathsig, chdir_marker) -> (pid, pidfd)\n\n"
+     "      pidns_fd, userns_fd, pdeathsig, chdir_marker, cgroup_fd=-1) -> (pid, pidfd)\n\n"
      "pidns_fd >= 0: the program starts in that PID namespace (after entering userns_fd if\n"
      ">= 0) as a child of the caller. -1: a direct CLONE_VM|CLONE_VFORK child, with\n"
-     "PR_SET_PDEATHSIG(SIGKILL) if pdeathsig. The lists are copied before the GIL is\n"
+     "PR_SET_PDEATHSIG(SIGKILL) if pdeathsig. cgroup_fd >= 0: created in that cgroup v2\n"
+     "(clone3 CLONE_INTO_CGROUP). The lists are copied before the GIL is\n"
      "released; fds_to_keep is a sorted tuple of distinct fds >= 0, as for fork_exec.\n"
      "The pidfd is above 2 and close-on-exec."},
     /* linux_job.c */
     {"start_init", linux_start_init, METH_VARARGS,
-     "start_init(clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig) -> (pid, pidfd, control_fd)\n\n"
-     "clone3 the init of a new PID namespace (or of the one unshare() made), once it is set up."},
+     "start_init(clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig, helper_path)\n"
+     "  -> (pid, pidfd, control_fd)\n\n"
+     "Start `helper_path init` (clone CLONE_VM|CLONE_VFORK + execve) as the init of a new PID\n"
+     "namespace (or of the one unshare() made); returns once it is set up."},
     {"unshare", linux_unshare, METH_VARARGS, "unshare(flags) -> None"},
     {"setns", linux_setns, METH_VARARGS, "setns(fd, nstype) -> None"},
 #endif

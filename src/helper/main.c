@@ -1,7 +1,6 @@
 /* main.c: pgjob-helper's entry point: dispatch on the mode (argv[1]). */
 #include "helper.h"
 
-#include <stdio.h>
 #include <string.h>
 
 int
@@ -11,7 +10,5 @@ main(int argc, char **argv)
         return helper_init_main(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "watch") == 0)
         return helper_watch_main(argc - 1, argv + 1);
-    fprintf(stderr, "pgjob-helper: a helper process of the pgjob library, started by it; "
-                    "usage: pgjob-helper init|watch ...\n");
-    return HELPER_USAGE_EXIT;
+    return helper_usage("init|watch ... (a helper process of the pgjob library, started by it)");
 }

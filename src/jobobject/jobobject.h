@@ -77,17 +77,15 @@ PyObject *win_CompareStringOrdinal(PyObject *self, PyObject *args);
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Exit codes of pgjob's init, for whoever looks at it with ps or a debugger. */
-#define PGJOB_INIT_FAILED_EXIT 125     /* the init could not set up (errno went to the owner) */
-#define PGJOB_INIT_OWNER_GONE_EXIT 137 /* the owner or the job is gone: the namespace dies */
-
-/* What the init does when the owner exits or closes its end of the control socket. */
-#define PGJOB_INIT_IGNORE 0
-#define PGJOB_INIT_DRAIN 1   /* stay until the namespace is empty, then exit */
-#define PGJOB_INIT_KILL 2    /* exit now: the kernel kills the namespace */
-/* Commands the owner writes to the init's control socket. */
-#define PGJOB_INIT_TERMINATE 't'
-#define PGJOB_INIT_DETACH 'd'
+/* The init is pgjob-helper's `init` mode: its protocol's numbers are in src/helper/helper.h. */
+#include "helper.h"
+#define PGJOB_INIT_FAILED_EXIT HELPER_INIT_FAILED_EXIT
+#define PGJOB_INIT_OWNER_GONE_EXIT HELPER_INIT_OWNER_GONE_EXIT
+#define PGJOB_INIT_IGNORE HELPER_INIT_IGNORE
+#define PGJOB_INIT_DRAIN HELPER_INIT_DRAIN
+#define PGJOB_INIT_KILL HELPER_INIT_KILL
+#define PGJOB_INIT_TERMINATE HELPER_INIT_TERMINATE
+#define PGJOB_INIT_DETACH HELPER_INIT_DETACH
 
 /* linux_spawn.c: Popen children (inside a job's PID namespace, or a direct pdeathsig child) */
 PyObject *linux_spawn(PyObject *self, PyObject *args);
@@ -96,6 +94,16 @@ void pgjob_close_fds_except(int low, const int *keep, Py_ssize_t n_keep);
 /* Every descriptor pgjob keeps lives above 2 and is close-on-exec: `fd` moved there if it
  * is on 0-2 (closed on failure, -1 with errno) */
 int pgjob_fd_above_stdio(int fd);
+/* The calling thread's two child stacks, PGJOB_CHILD_STACK_SIZE each, kept for its next
+ * spawns (NULL with errno set): one thread's vfork-class children never overlap. */
+#define PGJOB_CHILD_STACK_SIZE (256 * 1024)
+char *pgjob_thread_stacks(void);
+
+/* linux_clone.c: a CLONE_VM child running fn(arg) on [stack, stack + stack_size), created in
+ * the cgroup of cgroup_fd (clone3 CLONE_INTO_CGROUP) if it is >= 0; `flags` as for clone(2)
+ * (exit signal in the low byte), CLONE_PIDFD added when pidfd is not NULL */
+pid_t pgjob_clone_vm(int (*fn)(void *), void *arg, char *stack, size_t stack_size, int flags,
+                     int *pidfd, int cgroup_fd);
 
 /* linux_job.c: the job's init (and protect_children()'s reaper), unshare/setns */
 PyObject *linux_start_init(PyObject *self, PyObject *args);

@@ -1,62 +1,63 @@
-/* linux_job.c: the life of a job's PID namespace: its init (PID 1, started once per Job, and
- * the reaper of protect_children()), which dies with the owner or on command, and the
- * unshare/setns wrappers protect_children() uses. */
+/* linux_job.c: the life of a job's PID namespace: starting its init (PID 1: pgjob-helper's
+ * `init` mode, src/helper/init.c, exec'd so that it holds no copy of the owner's memory),
+ * and the unshare/setns wrappers protect_children() uses. */
 #include "jobobject.h"
 
 #include <fcntl.h>
-#include <poll.h>
+#include <stdio.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* In drain mode the init checks this often whether anyone is left in its namespace: members
- * are children of the owner, not of the init, so their exits don't wake it. */
-#define DRAIN_CHECK_MS 100
-
-/* struct clone_args of clone3(2), spelled out so <linux/sched.h> need not fight <sched.h>. */
-struct pgjob_clone_args {
-    uint64_t flags;
-    uint64_t pidfd;
-    uint64_t child_tid;
-    uint64_t parent_tid;
-    uint64_t exit_signal;
-    uint64_t stack;
-    uint64_t stack_size;
-    uint64_t tls;
+/* What the init's CLONE_VM child reads (prepared by the owner) and writes back. */
+struct init_exec {
+    const char *path;
+    char *const *argv;
+    int control_fd;
+    int owner_pidfd;
+    int err;              /* execve's errno, or the failed dup's */
+    const char *failed;   /* the call that failed, NULL if none */
 };
 
-static pid_t
-clone3_pidfd(uint64_t flags, int *pidfd)
+/* The init's child, until execve: a CLONE_VM|CLONE_VFORK child on one of the thread's stacks,
+ * so only raw syscalls (the owner is threaded and shares this memory). It puts the control
+ * socket and the owner's pidfd on the init's fixed numbers and closes everything else. */
+static int
+init_exec_main(void *arg)
 {
-    struct pgjob_clone_args args;
-    memset(&args, 0, sizeof(args));
-    args.flags = flags | CLONE_PIDFD;
-    args.pidfd = (uint64_t)(uintptr_t)pidfd;
-    args.exit_signal = SIGCHLD;
-    /* No stack given: the child returns from this syscall on a copy of ours, like fork(). */
-    return (pid_t)syscall(SYS_clone3, &args, sizeof(args));
+    struct init_exec *x = arg;
+    static char *const empty_env[] = {NULL};
+    int control, owner;
+
+    /* Up out of the way first: either may sit on 3 or 4 already. */
+    if ((control = fcntl(x->control_fd, F_DUPFD_CLOEXEC, HELPER_INIT_OWNER_PIDFD + 1)) < 0
+            || (owner = fcntl(x->owner_pidfd, F_DUPFD_CLOEXEC, HELPER_INIT_OWNER_PIDFD + 1)) < 0) {
+        x->failed = "fcntl(F_DUPFD_CLOEXEC) in the init";
+        goto fail;
+    }
+    /* dup2 clears close-on-exec on the new descriptor. */
+    if (dup2(control, HELPER_INIT_CONTROL_FD) < 0 || dup2(owner, HELPER_INIT_OWNER_PIDFD) < 0) {
+        x->failed = "dup2 in the init";
+        goto fail;
+    }
+    pgjob_close_fds_except(HELPER_INIT_OWNER_PIDFD + 1, NULL, 0);
+    close(0);
+    close(1);
+    close(2);
+    execve(x->path, x->argv, empty_env);
+    x->failed = "execve";
+fail:
+    x->err = errno;
+    _exit(127);
 }
 
-/* ---- async-signal-safe helpers: everything below until start_init runs in a fork of a
- * threaded process ---- */
-
 static void
-write_all(int fd, const void *buf, size_t len)
+reap(pid_t pid)
 {
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return; /* the owner is gone: nobody to tell */
-        }
-        p += n;
-        len -= (size_t)n;
-    }
+    while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
+        ;
 }
 
 static int
@@ -73,219 +74,100 @@ write_file(const char *path, const char *text)
     return n == len ? 0 : -1;
 }
 
-/* Format "<id> <id> 1\n" without snprintf (not async-signal-safe). */
-static void
-format_id_map(char *out, unsigned long id)
+/* From the owner, after the init's exec: map our own ids (read before anything else) onto
+ * themselves in its new user namespace, the one mapping an unprivileged process may write
+ * (setgroups "deny" first, which an unprivileged gid_map requires). The owner does it, not
+ * the init: after exec the init has no capabilities (its uid is unmapped), and the owner may
+ * be non-dumpable (it setuid()'d from root), so that its own /proc files are root's. The
+ * freshly exec'd init is dumpable, and its /proc files are ours. */
+static const char *
+map_ids_of(pid_t pid, uid_t uid, gid_t gid)
 {
-    char digits[24];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + id % 10);
-        id /= 10;
-    } while (id != 0);
-    char *p = out;
-    for (int pass = 0; pass < 2; pass++) {
-        for (int i = n - 1; i >= 0; i--)
-            *p++ = digits[i];
-        *p++ = ' ';
-    }
-    *p++ = '1';
-    *p++ = '\n';
-    *p = '\0';
+    /* The names pgjob._errors.classify knows. */
+    static const char *const what[] = {"write /proc/<init>/setgroups",
+                                       "write /proc/<init>/gid_map",
+                                       "write /proc/<init>/uid_map"};
+    char path[64], line[64];
+
+    snprintf(path, sizeof(path), "/proc/%d/setgroups", (int)pid);
+    if (write_file(path, "deny") < 0 && errno != ENOENT) /* ENOENT: before Linux 3.19 */
+        return what[0];
+    snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
+    snprintf(line, sizeof(line), "%lu %lu 1\n", (unsigned long)gid, (unsigned long)gid);
+    if (write_file(path, line) < 0)
+        return what[1];
+    snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pid);
+    snprintf(line, sizeof(line), "%lu %lu 1\n", (unsigned long)uid, (unsigned long)uid);
+    if (write_file(path, line) < 0)
+        return what[2];
+    return NULL;
 }
 
-/* In a fresh user namespace, map our own uid and gid onto themselves, so the job's programs
- * see the owner's real ids. Allowed to an unprivileged process for exactly this one mapping. */
-static int
-map_own_ids(uid_t uid, gid_t gid)
-{
-    char line[64];
-    format_id_map(line, (unsigned long)uid);
-    if (write_file("/proc/self/uid_map", line) < 0)
-        return -1;
-    if (write_file("/proc/self/setgroups", "deny") < 0 && errno != ENOENT)
-        return -1;
-    format_id_map(line, (unsigned long)gid);
-    return write_file("/proc/self/gid_map", line);
-}
-
-static int
-owner_gone(int owner_pidfd)
-{
-    struct pollfd fd = {owner_pidfd, POLLIN, 0};
-    return poll(&fd, 1, 0) > 0;
-}
-
-struct init_config {
-    int owner_pidfd;
-    int control_fd;
-    int map_ids;
-    uid_t uid;
-    gid_t gid;
-    int arm_pdeathsig;
-    int on_owner_exit;  /* PGJOB_INIT_KILL or PGJOB_INIT_DRAIN */
-    int on_eof;         /* PGJOB_INIT_KILL, PGJOB_INIT_DRAIN or PGJOB_INIT_IGNORE */
-};
-
-/* What the init sends back once it is set up: the step that failed (0: none) and its errno. */
-struct init_report {
-    int step;
-    int err;
-};
-
-static const char *const init_steps[] = {
-    NULL, "write /proc/self/uid_map", "setsid", "sigaction(SIGCHLD)", "prctl(PR_SET_PDEATHSIG)",
-};
-
-/* PID 1 of a job's namespace. When it exits, for whatever reason, the kernel SIGKILLs every
- * process in the namespace. Members are children of the owner (they enter the namespace
- * through setns, see linux_spawn.c); only orphans are reparented here, and SIGCHLD=SIG_IGN
- * makes the kernel reap them. Every signal stays blocked (the owner blocked them around
- * clone3) and none is ever read: nothing but SIGKILL, which only the owner's namespace can
- * send an init, ends it from outside. It decides to go when
- *   - the owner process has exited (its pidfd turns readable only when the whole process
- *     has, not one thread) or closed its end of the control socket (exec, death):
- *     on_owner_exit / on_eof say whether to exit now (kill_on_close) or to drain;
- *   - "terminate": kill(-1, SIGKILL) reaches every process of the namespace but us, and the
- *     job stays usable; "detach": drain;
- *   - draining: nobody is left in the namespace (kill(-1, 0) fails with ESRCH). */
-static void
-init_main(const struct init_config *c)
-{
-    struct init_report report = {0, 0};
-    struct sigaction sa;
-    int keep[2];
-
-    /* Hold none of the owner's descriptors: its pipes must see EOF when it closes them. */
-    keep[0] = c->owner_pidfd < c->control_fd ? c->owner_pidfd : c->control_fd;
-    keep[1] = c->owner_pidfd < c->control_fd ? c->control_fd : c->owner_pidfd;
-    pgjob_close_fds_except(0, keep, 2);
-
-    if (c->map_ids && map_own_ids(c->uid, c->gid) < 0) {
-        report.step = 1;
-        goto report;
-    }
-    /* Out of the owner's session and process group: a terminal's Ctrl-C or hangup is for the
-     * programs (which still get it), not for the job. */
-    if (setsid() < 0) {
-        report.step = 2;
-        goto report;
-    }
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = SIG_IGN;
-    if (sigaction(SIGCHLD, &sa, NULL) < 0) {
-        report.step = 3;
-        goto report;
-    }
-    /* Second line of defence for a *stopped* init, which can't poll the owner's pidfd: the
-     * kernel's SIGKILL reaches it anyway (forced: it comes from an ancestor namespace). The
-     * signal follows the parent *thread* (golang/go#27505): Python starts the init from the
-     * main thread or one that lives as long as the process. An owner that died before this
-     * line is caught below by its pidfd, which is readable then. */
-    if (c->arm_pdeathsig && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) {
-        report.step = 4;
-        goto report;
-    }
-    if (chdir("/") < 0) {
-        /* only to release the owner's cwd; staying is harmless */
-    }
-report:
-    if (report.step != 0)
-        report.err = errno;
-    write_all(c->control_fd, &report, sizeof(report));
-    if (report.step != 0)
-        _exit(PGJOB_INIT_FAILED_EXIT);
-
-    struct pollfd fds[2] = {{c->owner_pidfd, POLLIN, 0}, {c->control_fd, POLLIN, 0}};
-    int draining = 0, action;
-    if (owner_gone(c->owner_pidfd)) {
-        fds[0].fd = -1;
-        if (c->on_owner_exit == PGJOB_INIT_KILL)
-            _exit(PGJOB_INIT_OWNER_GONE_EXIT);
-        draining = 1;
-    }
-    for (;;) {
-        if (draining && kill(-1, 0) < 0 && errno == ESRCH)
-            _exit(0); /* the namespace is empty and nobody will spawn into it again */
-        if (poll(fds, 2, draining ? DRAIN_CHECK_MS : -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            _exit(PGJOB_INIT_FAILED_EXIT);
-        }
-        action = PGJOB_INIT_IGNORE;
-        if (fds[0].revents != 0) {
-            fds[0].fd = -1;
-            action = c->on_owner_exit;
-        }
-        if (fds[1].revents != 0) {
-            char command;
-            ssize_t got = read(fds[1].fd, &command, 1);
-            if (got < 0 && (errno == EINTR || errno == EAGAIN)) {
-                /* nothing to read after all: poll again */
-            } else if (got <= 0) {
-                /* The owner's end is closed: exec, death, or a closed job. */
-                close(fds[1].fd);
-                fds[1].fd = -1;
-                if (c->on_eof > action)
-                    action = c->on_eof;
-            } else if (command == PGJOB_INIT_TERMINATE) {
-                /* Every process of the namespace but us. One call is enough even against
-                 * a forking member: the kernel restarts a fork that a fatal signal hits. */
-                /* Only as PID 1: anywhere else kill(-1) would reach every process this
-                 * uid may signal outside the namespace. */
-                if (getpid() == 1)
-                    kill(-1, SIGKILL);
-                write_all(fds[1].fd, &command, 1);
-            } else if (command == PGJOB_INIT_DETACH && action < PGJOB_INIT_DRAIN) {
-                action = PGJOB_INIT_DRAIN;
-            }
-        }
-        if (action == PGJOB_INIT_KILL)
-            _exit(PGJOB_INIT_OWNER_GONE_EXIT); /* the kernel now kills the namespace */
-        if (action == PGJOB_INIT_DRAIN && !draining) {
-            /* From now on the members outlive the owner: so must we. */
-            prctl(PR_SET_PDEATHSIG, 0);
-            fds[0].fd = -1;
-            draining = 1;
-        }
-    }
-}
-
-/* start_init(clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig) -> (pid, pidfd, control_fd)
+/* start_init(clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig, helper_path)
+ *   -> (pid, pidfd, control_fd)
  *
- * clone3(clone_flags) a copy of this process that becomes an init: PID 1 of a new PID
- * namespace (CLONE_NEWPID, plus CLONE_NEWUSER without CAP_SYS_ADMIN, then map_ids), or, with
- * clone_flags 0 right after unshare(CLONE_NEWPID), of the namespace this thread's children
- * now go to. Returns once the init is set up; control_fd (close-on-exec) is the owner's end
- * of a socket to it: write PGJOB_INIT_TERMINATE (answered with the same byte once the
- * members are killed) or PGJOB_INIT_DETACH; closing it is on_eof. */
+ * clone(clone_flags | CLONE_VM | CLONE_VFORK) a child that execs `helper_path init ...`:
+ * PID 1 of a new PID namespace (CLONE_NEWPID, plus CLONE_NEWUSER without CAP_SYS_ADMIN, and
+ * then map_ids: we write its id maps), or, with clone_flags 0 right after
+ * unshare(CLONE_NEWPID), of the namespace this thread's children now go to. Returns once the
+ * init runs pgjob-helper (exec'd, with its id maps written), without waiting for its setup;
+ * control_fd (close-on-exec, above 2) is the owner's end
+ * of a socket to it: write PGJOB_INIT_TERMINATE (answered with the same byte once the members
+ * are killed) or PGJOB_INIT_DETACH; closing it is on_eof. The pidfd is above 2 too. */
 PyObject *
 linux_start_init(PyObject *self, PyObject *args)
 {
     unsigned long long flags;
-    struct init_config c;
-    struct init_report report = {0, 0};
-    int map_ids, arm_pdeathsig, sv[2], pidfd = -1, saved_errno = 0;
-    ssize_t got = 0;
+    int map_ids, on_owner_exit, on_eof, arm_pdeathsig, sv[2], owner_pidfd, pidfd = -1;
+    int saved_errno = 0;
+    PyObject *path_obj;
+    struct init_exec x;
+    char on_owner_exit_text[16], on_eof_text[16], arm_text[4];
+    char *argv[7];
+    struct helper_init_report report = {0, 0};
+    ssize_t got;
+    const char *failed = NULL;
     sigset_t all, old;
     pid_t pid;
+    /* Ours, read before anything: in the new user namespace they are unmapped (overflow). */
+    uid_t uid = geteuid();
+    gid_t gid = getegid();
 
     (void)self;
-    memset(&c, 0, sizeof(c));
-    if (!PyArg_ParseTuple(args, "Kpiip:start_init", &flags, &map_ids, &c.on_owner_exit,
-                          &c.on_eof, &arm_pdeathsig))
+    if (!PyArg_ParseTuple(args, "KpiipO&:start_init", &flags, &map_ids, &on_owner_exit,
+                          &on_eof, &arm_pdeathsig, PyUnicode_FSConverter, &path_obj))
         return NULL;
-    c.map_ids = map_ids;
-    c.arm_pdeathsig = arm_pdeathsig;
-    c.uid = geteuid();
-    c.gid = getegid();
+    snprintf(on_owner_exit_text, sizeof(on_owner_exit_text), "%d", on_owner_exit);
+    snprintf(on_eof_text, sizeof(on_eof_text), "%d", on_eof);
+    snprintf(arm_text, sizeof(arm_text), "%d", arm_pdeathsig ? 1 : 0);
+    memset(&x, 0, sizeof(x));
+    x.path = PyBytes_AS_STRING(path_obj);
+    argv[0] = (char *)x.path;
+    argv[1] = "init";
+    argv[2] = on_owner_exit_text;
+    argv[3] = on_eof_text;
+    argv[4] = arm_text;
+    argv[5] = map_ids ? "1" : "0"; /* REPORT: see below */
+    argv[6] = NULL;
+    x.argv = argv;
+
+    char *stacks = pgjob_thread_stacks();
+    if (stacks == NULL) {
+        saved_errno = errno;
+        Py_DECREF(path_obj);
+        return pgjob_oserror("mmap", (unsigned long)saved_errno);
+    }
     /* Every descriptor here above 2 (pgjob_fd_above_stdio): the owner keeps sv[0] and the
-     * init's pidfd; the init keeps the other two. */
-    if ((c.owner_pidfd = pgjob_fd_above_stdio((int)syscall(SYS_pidfd_open, getpid(), 0))) < 0)
-        return pgjob_last_error("pidfd_open");
+     * init's pidfd; the init gets copies of the other two. */
+    if ((owner_pidfd = pgjob_fd_above_stdio((int)syscall(SYS_pidfd_open, getpid(), 0))) < 0) {
+        saved_errno = errno;
+        Py_DECREF(path_obj);
+        return pgjob_oserror("pidfd_open", (unsigned long)saved_errno);
+    }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         saved_errno = errno;
-        close(c.owner_pidfd);
+        close(owner_pidfd);
+        Py_DECREF(path_obj);
         return pgjob_oserror("socketpair", (unsigned long)saved_errno);
     }
     sv[0] = pgjob_fd_above_stdio(sv[0]);
@@ -296,60 +178,76 @@ linux_start_init(PyObject *self, PyObject *args)
             close(sv[0]);
         if (sv[1] >= 0)
             close(sv[1]);
-        close(c.owner_pidfd);
+        close(owner_pidfd);
+        Py_DECREF(path_obj);
         return pgjob_oserror("fcntl(F_DUPFD_CLOEXEC)", (unsigned long)saved_errno);
     }
-    c.control_fd = sv[1];
+    x.control_fd = sv[1];
+    x.owner_pidfd = owner_pidfd;
 
+    /* Every signal blocked: no handler of the owner's may run in the child that shares its
+     * memory, and the init keeps the mask across exec (it never unblocks one). */
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     Py_BEGIN_ALLOW_THREADS
-    pid = clone3_pidfd(flags, &pidfd);
-    if (pid == 0)
-        init_main(&c); /* never returns */
+    /* CLONE_VFORK: we go on once the child has exec'd (or failed to). */
+    pid = pgjob_clone_vm(init_exec_main, &x, stacks, PGJOB_CHILD_STACK_SIZE,
+                         (int)flags | CLONE_VM | CLONE_VFORK | SIGCHLD, &pidfd, -1);
     saved_errno = errno;
-    if (pid > 0) {
+    if (pid < 0) {
+        failed = "clone"; /* the name pgjob._errors.classify knows */
+    } else if (x.failed != NULL) {
+        failed = x.failed;
+        saved_errno = x.err;
+    } else if (map_ids) {
+        /* Only once the init runs is it dumpable, its /proc files ours (init.c, REPORT). */
         do {
             got = read(sv[0], &report, sizeof(report));
         } while (got < 0 && errno == EINTR);
-        if (got != (ssize_t)sizeof(report))
+        if (got != (ssize_t)sizeof(report)) {
             saved_errno = got < 0 ? errno : EPIPE;
+            failed = "read(init handshake)";
+        } else if (report.step != 0) {
+            saved_errno = report.err;
+            failed = report.step == HELPER_INIT_STEP_SETSID ? "setsid (in the init)"
+                     : report.step == HELPER_INIT_STEP_SIGCHLD ? "sigaction(SIGCHLD) (in the init)"
+                     : "prctl(PR_SET_PDEATHSIG) (in the init)";
+        } else if ((failed = map_ids_of(pid, uid, gid)) != NULL) {
+            saved_errno = errno;
+        }
+    }
+    /* Otherwise no handshake: the init's own setup (setsid, sigaction, prctl) can't fail in
+     * a fresh process, so we don't wait for it; it goes on while the caller spawns its first
+     * member. A failed step is written to the socket before the init exits, and an init that
+     * exits shows on its pidfd: the next spawn finds the namespace gone (see _linux.py). */
+    if (pid > 0 && failed != NULL) {
+        /* An init whose exec or id maps failed must not stay: it is of no use. */
+        kill(pid, SIGKILL); /* our unreaped child: the pid is still its own */
+        reap(pid);
     }
     Py_END_ALLOW_THREADS
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(sv[1]);
-    close(c.owner_pidfd);
-    if (pid < 0) {
-        close(sv[0]);
-        return pgjob_oserror("clone3", (unsigned long)saved_errno);
-    }
-    /* CLONE_PIDFD takes the lowest free descriptor. */
-    if (got == (ssize_t)sizeof(report) && report.step == 0
-            && (pidfd = pgjob_fd_above_stdio(pidfd)) < 0) {
+    close(owner_pidfd);
+    Py_DECREF(path_obj);
+    if (failed == NULL && (pidfd = pgjob_fd_above_stdio(pidfd)) < 0) {
+        /* CLONE_PIDFD takes the lowest free descriptor, and moving it failed. */
         saved_errno = errno;
-        kill(pid, SIGKILL); /* our unreaped child: the pid is still its own */
+        failed = "fcntl(F_DUPFD_CLOEXEC) of the init's pidfd";
+        kill(pid, SIGKILL);
         Py_BEGIN_ALLOW_THREADS
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
+        reap(pid);
         Py_END_ALLOW_THREADS
-        close(sv[0]);
-        return pgjob_oserror("fcntl(F_DUPFD_CLOEXEC) of the init's pidfd",
-                             (unsigned long)saved_errno);
     }
-    if (got != (ssize_t)sizeof(report) || report.step != 0) {
-        /* The init exits on its own after a failed step; reap it. */
-        Py_BEGIN_ALLOW_THREADS
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-        Py_END_ALLOW_THREADS
-        close(pidfd);
+    if (failed != NULL) {
+        if (pid > 0 && pidfd >= 0)
+            close(pidfd);
         close(sv[0]);
-        if (got != (ssize_t)sizeof(report))
-            return pgjob_oserror("read(init handshake)", (unsigned long)saved_errno);
-        return pgjob_oserror(init_steps[report.step], (unsigned long)report.err);
+        return pgjob_oserror(failed, (unsigned long)saved_errno);
     }
-    PGJOB_TRACE("clone3(flags=0x%llx) -> init pid %d, pidfd %d, control fd %d", flags, (int)pid,
-                pidfd, sv[0]);
+    PGJOB_TRACE("clone(flags=0x%llx|CLONE_VM|CLONE_VFORK) + execve(pgjob-helper init) -> init "
+                "pid %d, pidfd %d, control fd %d%s", flags, (int)pid, pidfd, sv[0],
+                map_ids ? ", ids mapped" : "");
     return Py_BuildValue("(iii)", (int)pid, pidfd, sv[0]);
 }
 

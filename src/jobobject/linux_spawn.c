@@ -36,7 +36,7 @@
 #endif
 
 /* Stack of each CLONE_VM|CLONE_VFORK child: it only sets up fds and calls execve. */
-#define CHILD_STACK_SIZE (256 * 1024)
+#define CHILD_STACK_SIZE PGJOB_CHILD_STACK_SIZE
 
 /* Everything the children need, prepared with the GIL held; they only read it. */
 struct spawn_config {
@@ -62,7 +62,8 @@ struct spawn_config {
     /* namespace mode: the job's namespaces, entered by the helper (enter_and_spawn) */
     int pidns_fd;               /* -1: direct mode */
     int userns_fd;              /* -1: no user namespace to enter */
-    char *program_stack;        /* top of the program's stack (the helper has its own) */
+    int cgroup_fd;              /* >= 0: the program starts in this cgroup (CLONE_INTO_CGROUP) */
+    char *program_stack;        /* base of the program's stack (the helper has its own) */
     /* written by the helper, read by the owner once the helper has exited */
     pid_t program_pid;          /* as the helper sees it: see helper_elsewhere */
     int program_pidfd;
@@ -342,9 +343,9 @@ create_stacks_key(void)
     stacks_key_ok = pthread_key_create(&stacks_key, unmap_stacks) == 0;
 }
 
-/* This thread's stacks, or NULL with errno set. */
-static char *
-thread_stacks(void)
+/* This thread's stacks (2 * PGJOB_CHILD_STACK_SIZE), or NULL with errno set. */
+char *
+pgjob_thread_stacks(void)
 {
     char *stacks;
 
@@ -370,15 +371,15 @@ thread_stacks(void)
 static pid_t
 clone_vfork(const struct spawn_config *c, int *pidfd, const char **failed)
 {
-    char *stacks = thread_stacks();
+    char *stacks = pgjob_thread_stacks();
     if (stacks == NULL) {
         *failed = "mmap";
         return -1;
     }
-    *failed = "clone(CLONE_VM|CLONE_VFORK)";
-    int flags = CLONE_VM | CLONE_VFORK | SIGCHLD | (pidfd != NULL ? CLONE_PIDFD : 0);
-    /* The stack grows down on every architecture Linux/Python supports except hppa. */
-    return clone(program_main, stacks + CHILD_STACK_SIZE, flags, (void *)c, pidfd);
+    *failed = c->cgroup_fd >= 0 ? "clone3(CLONE_VM|CLONE_VFORK|CLONE_INTO_CGROUP)"
+                                : "clone(CLONE_VM|CLONE_VFORK)";
+    return pgjob_clone_vm(program_main, (void *)c, stacks, CHILD_STACK_SIZE,
+                          CLONE_VM | CLONE_VFORK | SIGCHLD, pidfd, c->cgroup_fd);
 }
 
 /* The helper: a CLONE_VM|CLONE_VFORK|CLONE_FILES child of the owner that exists only to enter
@@ -414,9 +415,9 @@ enter_and_spawn(void *arg)
     /* Until this clone returns (the program has exec'd or exited), program_pidfd is already
      * set in our shared memory and program_pid is not. */
     c->helper_step = "clone(CLONE_PARENT), waiting for the program to exec";
-    c->program_pid = clone(program_main, c->program_stack,
-                           CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD, (void *)c,
-                           &c->program_pidfd);
+    c->program_pid = pgjob_clone_vm(program_main, (void *)c, c->program_stack,
+                                    CHILD_STACK_SIZE, CLONE_VM | CLONE_VFORK | CLONE_PARENT,
+                                    &c->program_pidfd, c->cgroup_fd);
     if (c->program_pid < 0) {
         /* ENOMEM here: the namespace's init is gone (the job was killed) */
         c->helper_failed = "clone(CLONE_PARENT)";
@@ -519,19 +520,19 @@ static pid_t
 spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
 {
     int status = 0, saved;
-    char *stacks = thread_stacks();
+    char *stacks = pgjob_thread_stacks();
     if (stacks == NULL) {
         *failed = "mmap";
         return -1;
     }
-    c->program_stack = stacks + 2 * CHILD_STACK_SIZE;
+    c->program_stack = stacks + CHILD_STACK_SIZE;
     c->program_pid = -1;
     c->program_pidfd = -1;
     c->helper_errno = 0;
     c->helper_failed = NULL;
     c->helper_step = "start";
-    pid_t helper = clone(enter_and_spawn, stacks + CHILD_STACK_SIZE,
-                         CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, (void *)c);
+    pid_t helper = pgjob_clone_vm(enter_and_spawn, (void *)c, stacks, CHILD_STACK_SIZE,
+                                  CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, NULL, -1);
     if (helper < 0) {
         *failed = "clone(CLONE_VM|CLONE_VFORK|CLONE_FILES)";
         return -1;
@@ -720,13 +721,14 @@ fail:
 /* spawn(argv, executables, env, cwd, close_fds, fds_to_keep,
  *       p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,
  *       restore_signals, start_new_session, process_group, gid, extra_groups, uid, umask,
- *       pidns_fd, userns_fd, pdeathsig, chdir_marker)
+ *       pidns_fd, userns_fd, pdeathsig, chdir_marker, cgroup_fd)
  * -> (pid, pidfd)
  *
  * pidns_fd >= 0: the program starts inside that PID namespace (entering userns_fd first if
  * it is >= 0), as a child of the calling process. pidns_fd == -1: a direct CLONE_VM|CLONE_VFORK
  * child, with PR_SET_PDEATHSIG(SIGKILL) if pdeathsig. Either way `pid` is the program's own
- * host pid and `pidfd` refers to it. */
+ * host pid and `pidfd` refers to it. cgroup_fd >= 0 (a directory fd of a cgroup v2): the
+ * program is created in that cgroup by clone3(CLONE_INTO_CGROUP), never runs elsewhere. */
 PyObject *
 linux_spawn(PyObject *self, PyObject *args)
 {
@@ -747,13 +749,14 @@ linux_spawn(PyObject *self, PyObject *args)
 
     (void)self;
     memset(&c, 0, sizeof(c));
-    if (!PyArg_ParseTuple(args, "OOOOpOiiiiiiiipplLOLiiipp:spawn",
+    c.cgroup_fd = -1;
+    if (!PyArg_ParseTuple(args, "OOOOpOiiiiiiiipplLOLiiipp|i:spawn",
                           &argv_obj, &exec_obj, &env_obj, &cwd_obj, &c.close_fds, &keep_obj,
                           &c.p2cread, &c.p2cwrite, &c.c2pread, &c.c2pwrite, &c.errread,
                           &c.errwrite, &c.errpipe_read, &c.errpipe_write, &c.restore_signals,
                           &c.start_new_session, &process_group, &gid, &groups_obj, &uid,
                           &umask_value, &c.pidns_fd, &c.userns_fd, &pdeathsig,
-                          &c.chdir_marker))
+                          &c.chdir_marker, &c.cgroup_fd))
         return NULL;
     c.process_group = (pid_t)process_group;
     if (id_from_long_long(gid, "gid", &id) < 0)
@@ -821,7 +824,7 @@ linux_spawn(PyObject *self, PyObject *args)
         failed = "fcntl(F_DUPFD_CLOEXEC) of the program's pidfd";
         goto done;
     }
-    PGJOB_TRACE("%s -> pid %d, pidfd %d",
+    PGJOB_TRACE("%s%s -> pid %d, pidfd %d", c.cgroup_fd >= 0 ? "into cgroup fd: " : "",
                 c.pidns_fd < 0 ? "clone(CLONE_VM|CLONE_VFORK)"
                 : c.userns_fd < 0 ? "setns(pid namespace) + clone(CLONE_VM|CLONE_VFORK) + setns(back)"
                 : "helper: setns(user, pid namespace) + clone(CLONE_VM|CLONE_VFORK|CLONE_PARENT)",

@@ -67,7 +67,9 @@ _POSIX_TABLE: dict[int, type[JobError]] = {
 
 
 # Linux syscalls whose refusal means "no PID namespace here", and the codes they refuse with.
-_NAMESPACE_SYSCALLS = ("clone3", "unshare", "setns", "pidfd_open", "write /proc/self/uid_map")
+_NAMESPACE_SYSCALLS = ("clone3", "clone", "unshare", "setns", "pidfd_open",
+                       "write /proc/self/uid_map", "write /proc/<init>/setgroups",
+                       "write /proc/<init>/gid_map", "write /proc/<init>/uid_map")
 _NAMESPACE_REFUSED = (errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOSPC, errno.EUSERS,
                       errno.ENOSYS)
 

@@ -63,12 +63,23 @@ class Job:
     """A group of processes that dies as one: with kill_on_close, when the Job is closed or
     its owner dies by any means, the OS kills every member.
 
-    `mechanism` tells what protects you: "job_object" (Windows), "pid_namespace" or
-    "pdeathsig" (Linux), or "none" (asked for, or the OS refused the default and
+    `mechanism` tells what protects you: "job_object" (Windows), "pid_namespace", "cgroup"
+    or "pdeathsig" (Linux), or "none" (asked for, or the OS refused the default and
     on_unavailable="log"; a named mechanism or a limit is never downgraded).
 
     A Job belongs to the process that created it: in a child of os.fork() it is inert.
     """
+
+    # True for the Job protect_children() makes: it is for this process itself, which
+    # narrows the mechanisms a backend may offer (_backend.candidates).
+    _current_process = False
+
+    @classmethod
+    def _for_current_process(cls, **job_options: Any) -> "Job":
+        job = cls.__new__(cls)
+        job._current_process = True
+        job.__init__(**job_options)
+        return job
 
     def __init__(
         self,
@@ -122,7 +133,8 @@ class Job:
         limits or a named mechanism raises, and so does any with on_unavailable="raise"."""
         options = self._options
         named = options.mechanism
-        candidates = [named] if named is not None else _backend.candidates(options)
+        candidates = ([named] if named is not None
+                      else _backend.candidates(options, current_process=self._current_process))
         strict = options.on_unavailable == "raise" or options.has_limits or named is not None
         err: Optional[BaseException] = None
         for i, name in enumerate(candidates):
@@ -152,7 +164,8 @@ class Job:
 
     @property
     def mechanism(self) -> str:
-        """What protects the members: "job_object", "pid_namespace", "pdeathsig" or "none"."""
+        """What protects the members: "job_object", "pid_namespace", "cgroup", "pdeathsig"
+        or "none"."""
         return self._mechanism
 
     @property
@@ -549,27 +562,35 @@ def _sweep_dropped_popens() -> None:
 
 def protect_children(**job_options: Any) -> Job:
     """Make every child this process creates from now on die with it, by any means it is
-    created (subprocess, os.system, multiprocessing). The PostgreSQL patch in one call.
+    created (subprocess, os.system, multiprocessing), from any thread. The PostgreSQL patch
+    in one call. On Windows the process joins a Job Object; on Linux a cgroup (mechanism
+    "cgroup", docs/linux.md): which one is chosen where every Job's mechanism is.
 
     Never raises because protection is unavailable: it logs what failed, the error code and
-    that orphan protection is off, and returns a Job whose mechanism is "none". Pass
-    on_unavailable="raise" to get the exception instead. Calling it again returns the same Job.
+    that orphan protection is off, leaves the process as it was, and returns a Job whose
+    mechanism is "none". Pass on_unavailable="raise" to get the exception instead (raised
+    before anything changed). Calling it again returns the same Job.
     """
     global _PROTECTION
     with _PROTECTION_LOCK:
         if _PROTECTION is not None:
             return _PROTECTION
         job_options.setdefault("kill_on_close", True)
-        job = Job(**job_options)
+        job = Job._for_current_process(**job_options)
         if job.mechanism != "none":
             try:
                 job.assign_current()
             except _UNAVAILABLE as exc:
+                # The backend leaves the process where it was when it fails; closing the job
+                # removes what was made for it (the cgroup, the watcher).
                 if job.options.on_unavailable == "raise":
                     job.close()
                     raise
                 _log_unprotected("could not put this process in a job", exc)
                 job._replace_with_unprotected()
+            except BaseException:
+                job.close()
+                raise
             else:
                 logger.info("orphan protection enabled: children die with this process "
                             "(mechanism=%s)", job.mechanism)

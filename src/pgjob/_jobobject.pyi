@@ -116,11 +116,13 @@ if sys.platform == "linux":
         userns_fd: int,
         pdeathsig: bool,
         chdir_marker: bool,
+        cgroup_fd: int = -1,
         /,
     ) -> tuple[int, int]: ...
     # linux_job.c
     def start_init(
-        clone_flags: int, map_ids: bool, on_owner_exit: int, on_eof: int, arm_pdeathsig: bool, /
+        clone_flags: int, map_ids: bool, on_owner_exit: int, on_eof: int, arm_pdeathsig: bool,
+        helper_path: str | bytes, /
     ) -> tuple[int, int, int]: ...
     def unshare(flags: int, /) -> None: ...
     def setns(fd: int, nstype: int, /) -> None: ...

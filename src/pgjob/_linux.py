@@ -1,13 +1,15 @@
 """Linux backends: a Job owns one PID namespace whose PID 1 is a small C init that dies with
 the owner process, so the kernel kills the whole tree (mechanism "pid_namespace"); each
 job.popen() child enters that namespace as it is created, staying a child of this process;
-where namespaces are refused, direct children get PR_SET_PDEATHSIG ("pdeathsig", weaker,
-see docs/linux.md).
+or one cgroup v2 whose watcher writes cgroup.kill when the owner dies ("cgroup": limits,
+assign(), protect_children()); where namespaces are refused, direct children get
+PR_SET_PDEATHSIG ("pdeathsig", weaker, see docs/linux.md).
 
 The backend is split by responsibility:
   _procfs.py         what is read from /proc, and descriptor hygiene;
   _linux_spawn.py    the spawn adapter (Popen's _execute_child with our fork_exec);
   _linux_helpers.py  the lives of the helper processes (a namespace's init) and the fork hook;
+  _cgroup.py         cgroup v2: discovery, placement, its files, and the watcher's life;
   _linux.py          the backends (this module), one class per mechanism.
 Which mechanism a Job gets, and what it falls back to, is decided in one place: _job.Job.
 
@@ -29,16 +31,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Optional
 
-from . import _jobobject as c
 from ._base import EventKind, JobBackend, JobOptions, records as _records
 from ._errors import JobClosedError, ProcessExitedError, UnsupportedError
 from ._log import logger
-from ._linux_helpers import (_HOLDERS, _Init, _leave_pid_namespace_for_children, _map_own_ids,
-                             _reap_inits, _start_job_init)
+from . import _cgroup
+from ._linux_helpers import _HOLDERS, _Init, _reap_inits, _start_job_init
 from ._linux_spawn import _SPAWN_THREAD, _execute_child_with, _spawn
-from ._procfs import (_close_quietly, _cpu_times, _descendants, _namespace_members, _nspid_depth,
-                      _pid_namespace, _pid_namespace_for_children, _pipe_above_stdio, _running,
-                      _signal_quietly, _stat_fields)
+from ._procfs import (_above_stdio, _close_quietly, _cpu_times, _descendants, _namespace_members,
+                      _nspid_depth, _open_above_stdio, _pid_namespace, _pipe_above_stdio,
+                      _running, _signal_quietly, _stat_fields)
 
 if TYPE_CHECKING:
     from ._records import JobEvent, JobStats
@@ -92,6 +93,10 @@ class _LinuxJob(JobBackend):
     def _others_alive(self) -> bool:
         """Members beyond the ones we hold pidfds for (their descendants, daemons)."""
         return False
+
+    def _event_fds(self) -> list:
+        """Descriptors that signal POLLPRI when the job changes (a cgroup's cgroup.events)."""
+        return []
 
     # membership
     def execute_child(self, popen, execute_child, args) -> None:
@@ -190,6 +195,8 @@ class _LinuxJob(JobBackend):
             poller.register(self._wake_read, select.POLLIN)
             for m in live:
                 poller.register(m.pidfd, select.POLLIN)
+            for fd in self._event_fds():
+                poller.register(fd, select.POLLPRI)
             poller.poll(self._poll_slice_ms(live, remaining))
             try:
                 os.read(self._wake_read, 4096)
@@ -272,7 +279,6 @@ class NamespaceJob(_LinuxJob):
         super().__init__(options)
         self._init = init          # the namespace job.popen() starts processes in
         self._inits = [init]       # every namespace whose processes are members
-        self._reaper: Optional[_Init] = None  # protect_children(): our own children's namespace
 
     def _spawn_member(self, fork_exec_args: tuple) -> tuple:
         # Members arm no PR_SET_PDEATHSIG: the init watches the owner for the whole namespace,
@@ -328,56 +334,15 @@ class NamespaceJob(_LinuxJob):
         return None
 
     def assign_current(self) -> None:
-        if self._reaper is not None:
-            return
-        if self._forked_from is not None:
-            raise JobClosedError(errno.EBADF, f"this job belongs to process {self._forked_from}; "
-                                 "in a fork of it the job is inert")
-        threads = len(os.listdir("/proc/self/task"))
-        # Our ids as the kernel knows them now: after unshare(CLONE_NEWUSER) and before the
-        # maps are written, geteuid() says 65534 (the overflow uid), which is no id of ours.
-        uid, gid = os.geteuid(), os.getegid()
-        try:
-            c.unshare(c.CLONE_NEWPID)
-            logger.debug("unshare(CLONE_NEWPID): this thread's later children get a new PID namespace")
-        except PermissionError:
-            # Without CAP_SYS_ADMIN: a user namespace first, which the kernel allows only to a
-            # single-threaded process (EINVAL otherwise).
-            c.unshare(c.CLONE_NEWUSER | c.CLONE_NEWPID)
-            _map_own_ids(uid, gid)
-            logger.debug("unshare(CLONE_NEWUSER|CLONE_NEWPID) and mapped uid %d", uid)
-        try:
-            # PR_SET_PDEATHSIG only from the main thread: it fires when the parent thread
-            # exits. The reaper stays when this process execs (the control socket closes
-            # then): the new program's children still need an init to be created at all.
-            pid, pidfd, control = c.start_init(
-                0, False, c.PGJOB_INIT_KILL, c.PGJOB_INIT_IGNORE,
-                threading.current_thread() is threading.main_thread())
-            reaper = _Init(pid, pidfd, control, False)
-        except BaseException:
-            _leave_pid_namespace_for_children()
-            raise
-        logger.debug("started the namespace's init (reaper): pid %d", pid)
-        self._reaper = reaper
-        self._inits.append(reaper)
-        # job.popen() from now on starts in the reaper's namespace too: after
-        # unshare(CLONE_NEWUSER) we could not enter the job's own one any more.
-        own, self._init = self._init, reaper
-        if self._started == 0:
-            self._inits.remove(own)
-            own.kill()
-            own.release(killed=True)
-        if threads > 1:
-            logger.warning(
-                "protect_children(): %d other threads already existed; children they create "
-                "(and threads they start) are outside the PID namespace and not protected. "
-                "Call it early, before starting threads.", threads - 1)
-
-    def holds_current_process(self) -> bool:
-        # Our own namespace's init must outlive this Job: closing would kill it, and without
-        # an init the kernel refuses every later fork of this process. Like the owner-in-job
-        # trap on Windows, Job.close() then keeps the protection for the process lifetime.
-        return self._reaper is not None
+        # Once unshare(CLONE_NEWPID) was used for this, and it broke the caller: the thread
+        # that did it could never start a thread again (the kernel refuses CLONE_THREAD when
+        # pid_for_children differs from the active namespace), and unprivileged it needed a
+        # user namespace that a threaded process can't enter (issue 9).
+        raise UnsupportedError(
+            errno.EOPNOTSUPP, "a process can't move itself into a PID namespace: mechanism "
+            "'pid_namespace' can only start processes in its namespace (job.popen()); to cover "
+            "this process's own children use mechanism 'cgroup' (what protect_children() "
+            "does), or run the program inside a namespace from its start (`pgjob run`)")
 
     def _release(self, killed: bool = False) -> None:
         super()._release()
@@ -440,27 +405,307 @@ class PdeathsigJob(_LinuxJob):
             _signal_quietly(pid, signal.SIGKILL)
 
 
-def _cgroup2_controllers() -> Optional[set]:
-    try:
-        with open("/proc/self/mounts") as f:
-            mounts = [line.split()[1] for line in f if line.split()[2:3] == ["cgroup2"]]
-        if not mounts:
-            return None
-        with open(os.path.join(mounts[0], "cgroup.controllers")) as f:
-            return set(f.read().split())
-    except OSError:
+class CgroupJob(_LinuxJob):
+    """One cgroup v2 per job, pgjob-<owner pid>-<n>: members are created inside it
+    (clone3(CLONE_INTO_CGROUP): never a moment outside), limits and accounting are its files,
+    terminate() and close() write cgroup.kill, which kills the whole cgroup atomically, forks
+    racing with it included. Nothing in the kernel writes cgroup.kill when the owner dies: a
+    watcher (pgjob-helper watch) outside the cgroup does; see docs/linux.md for what that
+    guarantee is worth."""
+
+    mechanism = "cgroup"
+    spawn_path = "clone_into_cgroup"
+
+    def __init__(self, options: JobOptions) -> None:
+        if options.process_memory_limit is not None:
+            raise UnsupportedError(
+                errno.EOPNOTSUPP, "process_memory_limit: cgroup v2 limits the memory of a "
+                "group (memory.max), not of each process in it, and pgjob does not map it "
+                "yet; use memory_limit on a Job of its own per process")
+        h = _cgroup.discover()
+        controllers = _cgroup.needed_controllers(options)
+        path = _cgroup.create_job_cgroup(h, controllers)
+        self._h, self._dir = h, path
+        self._dirfd = self._events_fd = -1
+        self._watcher: Optional[_cgroup.Watcher] = None
+        self._holds_self = False
+        self._counters = {"oom_kill": 0, "max": 0}
+        self._generation = 0  # cgroups made below the job after a terminate()
+        try:
+            _cgroup.apply_limits(path, options, h)
+            self._dirfd = _cgroup.open_dir(path)
+            self._events_fd = _open_above_stdio(os.path.join(path, "cgroup.events"))
+            on_exit = "kill" if options.kill_on_close else "drain"
+            self._watcher = _cgroup.Watcher(path, "-", on_exit, on_exit)
+        except BaseException:
+            for fd in (self._dirfd, self._events_fd):
+                _close_quietly(fd)
+            _cgroup.remove_tree(path)
+            raise
+        self._home = h.own_dir  # where a new watcher must live: outside the job
+        super().__init__(options)
+        _cgroup._MONITOR.watch(self, self._watcher)
+
+    @property
+    def cgroup_path(self) -> str:
+        return self._dir
+
+    @property
+    def watcher_pid(self) -> int:
+        watcher = self._watcher
+        return watcher.pid if watcher is not None else -1
+
+    def after_fork_in_child(self, owner: int) -> None:
+        super().after_fork_in_child(owner)
+        if self._watcher is not None:
+            self._watcher.after_fork_in_child(owner)
+        for fd in (self._dirfd, self._events_fd):
+            _close_quietly(fd)
+        self._dirfd = self._events_fd = -1
+
+    def _watcher_died(self, watcher) -> None:
+        """From the monitor thread: our watcher is gone while the job is open."""
+        with self._lock:
+            if self._closed or watcher is not self._watcher:
+                return
+        _reap_inits(watcher.pidfd)
+        watcher.pidfd = -1
+        _close_quietly(watcher.control)
+        watcher.control = -1
+        logger.warning("the watcher of job cgroup %s (pid %d) died: orphan protection is off "
+                       "for this job (its members would survive this process); starting a new "
+                       "one", self._dir, watcher.pid)
+        try:
+            on_exit = "kill" if self.options.kill_on_close else "drain"
+            new = _cgroup.Watcher(self._dir, self._home if self._holds_self else "-",
+                                  on_exit, "ignore" if self._holds_self else on_exit)
+        except OSError as exc:
+            logger.warning("could not start a new watcher for job cgroup %s: %s; orphan "
+                           "protection stays off for this job", self._dir, exc)
+            return
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._watcher = new
+        if closed:
+            new.stop(b"x")
+            return
+        _cgroup._MONITOR.watch(self, new)
+        logger.warning("a new watcher (pid %d) protects job cgroup %s again", new.pid, self._dir)
+
+    # membership
+    def _spawn_member(self, fork_exec_args: tuple) -> tuple:
+        # No PR_SET_PDEATHSIG: the watcher covers the whole cgroup, so any thread may spawn.
+        return _spawn(fork_exec_args, -1, -1, False, self._dirfd)
+
+    def assign(self, pid: int, handle: Optional[int]) -> None:
+        try:
+            pidfd = _above_stdio(os.pidfd_open(pid))
+        except ProcessLookupError as exc:
+            raise ProcessExitedError(errno.ESRCH, f"no process with pid {pid}") from exc
+        try:
+            _cgroup.move(self._dir, pid, self._h)
+        except BaseException:
+            os.close(pidfd)
+            raise
+        with self._lock:
+            self._members.append(_Member(pid, pidfd))
+            self._zero_pending = True
+        logger.debug("cgroup: moved pid %d into %s", pid, self._dir)
+
+    def assign_current(self) -> None:
+        if self._forked_from is not None:
+            raise JobClosedError(errno.EBADF, f"this job belongs to process {self._forked_from}; "
+                                 "in a fork of it the job is inert")
+        if self._holds_self:
+            return
+        before = _cgroup.own_cgroup()
+        # First tell the watcher that we will be a member: when this process execs (its end of
+        # the control socket closes) the protection must stay, not kill the new program.
+        watcher = self._watcher
+        if watcher is None or not watcher.alive() or not watcher.send(b"p"):
+            raise UnsupportedError(errno.ESRCH, f"the watcher of job cgroup {self._dir} is gone")
+        # One write moves the whole process, every thread of it: all it forks afterwards,
+        # from any thread, by any means, starts inside.
+        _cgroup.move(self._dir, os.getpid(), self._h)
+        if not _cgroup.is_inside(self._dir, "self", self._h):
+            raise UnsupportedError(errno.EOPNOTSUPP, f"writing our pid to {self._dir}/"
+                                   "cgroup.procs did not move this process there")
+        self._holds_self = True
+        self._before = before
+        logger.debug("cgroup: moved this process (pid %d, all threads) from %s into %s",
+                     os.getpid(), before, self._dir)
+
+    def leave(self) -> None:
+        """Undo assign_current(): move this process back where it was (a failure half-way
+        through protect_children())."""
+        if self._holds_self:
+            back = self._h.path_of(self._before) or self._h.own_dir
+            _cgroup.move(back, os.getpid(), self._h)
+            self._holds_self = False
+
+    def holds_current_process(self) -> bool:
+        # Closing would kill this very process: like the owner-in-job trap on Windows,
+        # Job.close() then keeps the protection for the process lifetime.
+        return self._holds_self
+
+    def pids(self) -> list:
+        return [pid for pid in _cgroup.procs(self._dir) if _running(pid)]
+
+    def contains(self, pid: int) -> bool:
+        return _cgroup.is_inside(self._dir, pid, self._h) and _running(pid)
+
+    def _populated(self) -> bool:
+        """cgroup.events' "populated" (the cgroup or one below it holds a process), read
+        through the descriptor we poll: reading it is what re-arms its POLLPRI."""
+        fd = self._events_fd
+        if fd < 0:
+            return bool(_cgroup.populated(self._dir))
+        os.lseek(fd, 0, os.SEEK_SET)
+        for line in os.read(fd, 4096).decode().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "populated":
+                return value.strip() != "0"
+        return False
+
+    def _others_alive(self) -> bool:
+        if not self._holds_self:
+            return self._populated()
+        me = os.getpid()
+        return any(pid != me for pid in self.pids())
+
+    def _event_fds(self) -> list:
+        return [self._events_fd] if self._events_fd >= 0 else []
+
+    def _poll_exits(self) -> list:
+        live = super()._poll_exits()
+        for name, key, kind in (("memory.events", "oom_kill", EventKind.JOB_MEMORY_LIMIT),
+                                ("pids.events", "max", EventKind.ACTIVE_PROCESS_LIMIT)):
+            counters = _cgroup.read_keyed(self._dir, name)
+            if not counters or key not in counters:
+                continue
+            with self._lock:
+                if counters[key] > self._counters[key]:
+                    self._counters[key] = counters[key]
+                    self._events.append(_records.JobEvent(kind))
+        return live
+
+    def stats(self) -> JobStats:
+        pids = self.pids()
+        cpu = _cgroup.read_keyed(self._dir, "cpu.stat") or {}
+        io_read = io_write = None
+        io = _cgroup.read_text(self._dir, "io.stat")
+        if io is not None:
+            io_read = io_write = 0
+            for line in io.splitlines():
+                for field in line.split()[1:]:
+                    key, _, value = field.partition("=")
+                    if key == "rbytes":
+                        io_read += int(value)
+                    elif key == "wbytes":
+                        io_write += int(value)
+        user = cpu.get("user_usec")
+        system = cpu.get("system_usec")
+        return _records.JobStats(
+            active_processes=len(pids),
+            user_time=None if user is None else user / 1e6,
+            kernel_time=None if system is None else system / 1e6,
+            peak_job_memory=_cgroup.read_int(self._dir, "memory.peak"),
+            peak_processes=_cgroup.read_int(self._dir, "pids.peak"),
+            read_bytes=io_read, write_bytes=io_write)
+
+    def terminate(self, exit_code: int) -> None:
+        # cgroup.kill has no exit code to give: every member dies of SIGKILL.
+        if not self._holds_self:
+            _cgroup.write(self._dir, "cgroup.kill", "1")
+            self._new_spawn_target()
+            return
+        # This process is a member (protect_children()): cgroup.kill would kill it too. Kill
+        # the others, again while new ones appear (a member forking while we kill).
+        me = os.getpid()
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            others = [pid for pid in self.pids() if pid != me]
+            if not others:
+                return
+            for pid in others:
+                _signal_quietly(pid, signal.SIGKILL)
+            time.sleep(0.001)
+
+    def _new_spawn_target(self) -> None:
+        """After cgroup.kill, start later members in a fresh cgroup below the job's. Seen on
+        Linux 6.18: every clone3(CLONE_INTO_CGROUP) into a cgroup that was once killed is
+        SIGKILLed at birth (the kill sequence number the fork recorded is the parent's
+        cgroup's, not the target's), while a new cgroup below it takes children normally.
+        Below the job cgroup it stays under its limits, its cgroup.kill and its counts."""
+        self._generation += 1
+        path = os.path.join(self._dir, f"after-terminate-{self._generation}")
+        os.mkdir(path)
+        try:
+            fd = _cgroup.open_dir(path)
+        except BaseException:
+            os.rmdir(path)
+            raise
+        old, self._dirfd = self._dirfd, fd
+        _close_quietly(old)
+        logger.debug("cgroup: later members start in %s", path)
+
+    def _empty_within(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self._events_fd, select.POLLPRI)
+        while self._populated():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            poller.poll(max(1, min(100, int(remaining * 1000))))
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        watcher, self._watcher = self._watcher, None
+        command = b"d"
+        if self.options.kill_on_close:
+            command = b"k"
+            try:
+                _cgroup.write(self._dir, "cgroup.kill", "1")
+                if self._empty_within(2.0):
+                    _cgroup.remove_tree(self._dir)
+                    command = b"x"
+            except OSError as exc:
+                logger.debug("close: cgroup.kill/rmdir of %s: %s; the watcher finishes it",
+                             self._dir, exc)
+        if watcher is not None:
+            watcher.stop(command)
+        elif command != b"x":
+            logger.warning("job cgroup %s stays: its watcher is gone", self._dir)
+        self._release()
+
+    def detach(self) -> Optional[int]:
+        with self._lock:
+            self._closed = True
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            # The members live on; the watcher removes the cgroup once they are all gone.
+            watcher.stop(b"d")
+        self._release()
         return None
 
+    def _release(self) -> None:
+        super()._release()
+        for fd in (self._dirfd, self._events_fd):
+            _close_quietly(fd)
+        self._dirfd = self._events_fd = -1
 
-def _limits_unsupported(options: JobOptions) -> UnsupportedError:
-    asked = [name for name in ("memory_limit", "process_memory_limit", "process_limit", "cpu_rate")
-             if getattr(options, name) is not None]
-    controllers = _cgroup2_controllers()
-    where = ("no cgroup v2 hierarchy is mounted" if controllers is None
-             else f"cgroup v2 controllers available here: {' '.join(sorted(controllers)) or 'none'}")
+
+def _limits_unsupported(options: JobOptions, name: str) -> UnsupportedError:
+    asked = [field for field, _ in _cgroup.LIMIT_CONTROLLERS if getattr(options, field) is not None]
     return UnsupportedError(
-        errno.EOPNOTSUPP, f"{', '.join(asked)}: job limits on Linux need delegated cgroup v2 "
-        f"controllers (memory, pids, cpu), which pgjob does not drive yet ({where})")
+        errno.EOPNOTSUPP, f"{', '.join(asked)}: mechanism {name!r} enforces no limits; on "
+        "Linux only mechanism 'cgroup' (cgroup v2 controllers) does")
 
 
 # -- the mechanisms this backend offers (Job chooses among them and owns the fallback policy) ----
@@ -468,15 +713,19 @@ def _limits_unsupported(options: JobOptions) -> UnsupportedError:
 # What each mechanism leaves protected, for the line Job logs when it falls back to it.
 GUARANTEES = {
     "pid_namespace": "the kernel SIGKILLs the job's whole PID namespace when this process dies",
+    "cgroup": "pgjob's watcher process SIGKILLs the job's whole cgroup (cgroup.kill) when this "
+              "process dies; if the watcher itself is killed, that protection is gone",
     "pdeathsig": "processes started with job.popen() are SIGKILLed when this process dies, but "
                  "their own children (and daemons) survive that and are killed only by "
                  "close()/terminate(), if still found",
 }
 
 
-def candidates(options: JobOptions) -> list:
-    """The mechanisms to try, best first, for a Job that did not name one."""
-    if options.has_limits:
+def candidates(options: JobOptions, current_process: bool = False) -> list:
+    """The mechanisms to try, best first, for a Job that did not name one. `current_process`:
+    the job is for this process itself (protect_children()), and a process can't move itself
+    into a PID namespace, only into a cgroup."""
+    if options.has_limits or current_process:
         # Only a cgroup enforces limits: never fall back to something that would ignore them.
         return ["cgroup"]
     return ["pid_namespace", "pdeathsig"]
@@ -486,30 +735,36 @@ def open_mechanism(name: str, options: JobOptions) -> JobBackend:
     """A backend of mechanism `name`; OSError (or UnsupportedError) if it can't be had here."""
     if name == "job_object":
         raise UnsupportedError(errno.EOPNOTSUPP, "mechanism 'job_object' is Windows-only")
-    if name == "pdeathsig":
-        if options.has_limits:
-            raise _limits_unsupported(options)
-        return PdeathsigJob(options)
     if name == "cgroup":
-        raise _limits_unsupported(options)
+        _reap_inits()
+        return CgroupJob(options)
+    if options.has_limits:
+        raise _limits_unsupported(options, name)
+    if name == "pdeathsig":
+        return PdeathsigJob(options)
     if name == "pid_namespace":
-        if options.has_limits:
-            raise _limits_unsupported(options)
         init, _, _ = _start_job_init(options)
         _reap_inits()
         return NamespaceJob(options, init)
     raise UnsupportedError(errno.EOPNOTSUPP, f"mechanism {name!r} is not available on Linux")
 
 
+def _in_job_cgroup(pid) -> bool:
+    try:
+        path = _cgroup.own_cgroup(pid)
+    except OSError:
+        return False
+    return path is not None and any(part.startswith("pgjob-") for part in path.split("/"))
+
+
 def in_job(pid: Optional[int]) -> bool:
-    """In a pgjob-made PID namespace? For this process: are its children put in one (after
-    protect_children()), or is it itself below the initial namespace? For another process:
-    is it nested deeper than we are?"""
+    """In a pgjob job? A process is if it is in a pgjob cgroup (pgjob-<pid>-<n>: a "cgroup"
+    job, protect_children()), or if it is nested in more PID namespaces than we are (for this
+    process: below the initial one)."""
     try:
         if pid is None or pid == os.getpid():
-            if _pid_namespace("self") != _pid_namespace_for_children():
-                return True
-            return _nspid_depth("self") > 1
-        return _nspid_depth(pid) > _nspid_depth("self")
+            return _in_job_cgroup("self") or _nspid_depth("self") > 1
+        depth = _nspid_depth(pid)
+        return _in_job_cgroup(pid) or depth > _nspid_depth("self")
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessExitedError(errno.ESRCH, f"no process with pid {pid}") from exc

@@ -13,9 +13,38 @@ import weakref
 
 from . import _jobobject as c
 from ._base import JobOptions
+from ._errors import UnsupportedError
 from ._log import logger
 from ._linux_spawn import _SPAWN_THREAD
 from ._procfs import _close_quietly, _open_above_stdio
+
+
+# -- the program the helpers exec -----------------------------------------------------------------
+
+HELPER_NAME = "pgjob-helper"
+
+
+_HELPER_FOUND: dict = {}  # extension file -> the helper's path, once checked
+
+
+def helper_path() -> str:
+    """The absolute path of pgjob-helper, installed next to the extension (setup.py's build_ext
+    puts it there, in the wheel and with --inplace). UnsupportedError naming the path if it is
+    missing or not executable: pgjob then has no helper processes to offer. Checked once per
+    process (a Job's start is a few hundred microseconds; two stat calls were a tenth of it);
+    a helper deleted afterwards makes the exec fail with ENOENT, naming execve."""
+    found = _HELPER_FOUND.get(c.__file__)
+    if found is not None:
+        return found
+    path = os.path.join(os.path.dirname(os.path.abspath(c.__file__)), HELPER_NAME)
+    if not os.path.isfile(path):
+        raise UnsupportedError(errno.ENOENT, f"pgjob's helper program {path} is missing: "
+                               "reinstall pgjob, or rebuild it (setup.py build_ext)")
+    if not os.access(path, os.X_OK):
+        raise UnsupportedError(errno.EACCES, f"pgjob's helper program {path} is not "
+                               "executable")
+    _HELPER_FOUND[c.__file__] = path
+    return path
 
 
 # Every object that holds descriptors of a helper or member, so that a fork's copies can be
@@ -174,36 +203,6 @@ class _Init:
             self.pidfd = -1
 
 
-def _map_own_ids(uid: int, gid: int) -> None:
-    """After unshare(CLONE_NEWUSER): map our uid/gid (as read before the unshare) onto
-    themselves (one line each is what an unprivileged process may write)."""
-    try:
-        with open("/proc/self/uid_map", "w") as f:
-            f.write(f"{uid} {uid} 1\n")
-        try:
-            with open("/proc/self/setgroups", "w") as f:
-                f.write("deny")
-        except FileNotFoundError:
-            pass  # kernels before 3.19
-        with open("/proc/self/gid_map", "w") as f:
-            f.write(f"{gid} {gid} 1\n")
-    except OSError as exc:
-        exc.syscall = "write /proc/self/uid_map"  # what classify() keys on, as from C
-        raise
-
-
-def _leave_pid_namespace_for_children() -> None:
-    """Undo unshare(CLONE_NEWPID) for this thread: point its children back at our own namespace."""
-    try:
-        fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            c.setns(fd, c.CLONE_NEWPID)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        logger.warning("could not return to this process's PID namespace: %s", exc)
-
-
 # -- choosing a mechanism -------------------------------------------------------------------------
 
 _NAMESPACE_FLAGS: dict = {}  # pid -> (clone_flags, map_ids) that worked in that process
@@ -220,15 +219,17 @@ def _start_job_init(options: JobOptions) -> tuple:
     found = _NAMESPACE_FLAGS.get(os.getpid())
     candidates = [found] if found else [(c.CLONE_NEWPID, False),
                                         (c.CLONE_NEWUSER | c.CLONE_NEWPID, True)]
+    helper = helper_path()
     failure = None
     for flags, map_ids in candidates:
         try:
             if options.kill_on_close:
                 # The init arms PR_SET_PDEATHSIG, which follows the thread that clones it.
                 pid, pidfd, control = _SPAWN_THREAD.call(c.start_init, flags, map_ids,
-                                                         on_exit, on_exit, True)
+                                                         on_exit, on_exit, True, helper)
             else:
-                pid, pidfd, control = c.start_init(flags, map_ids, on_exit, on_exit, False)
+                pid, pidfd, control = c.start_init(flags, map_ids, on_exit, on_exit, False,
+                                                   helper)
         except OSError as exc:
             logger.debug("clone3(0x%x) for a job's init: %s", flags, exc)
             failure = exc

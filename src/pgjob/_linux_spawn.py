@@ -131,9 +131,11 @@ def _execute_child_with(execute_child, fork_exec):
                               execute_child.__defaults__, execute_child.__closure__)
 
 
-def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool) -> tuple:
+def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool,
+           cgroup_fd: int = -1) -> tuple:
     """Call _jobobject.spawn with what subprocess passed to _posixsubprocess.fork_exec;
-    (pid, pidfd) of the program."""
+    (pid, pidfd) of the program. cgroup_fd >= 0 (an O_DIRECTORY fd of a cgroup v2): the program
+    is created inside that cgroup (clone3 CLONE_INTO_CGROUP, Linux 5.7)."""
     if len(fork_exec_args) != len(_FORK_EXEC_ARGS):
         raise UnsupportedError(
             errno.EOPNOTSUPP, f"Python {sys.version_info[0]}.{sys.version_info[1]} called "
@@ -154,7 +156,8 @@ def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool
         a["errpipe_read"], a["errpipe_write"], bool(a["restore_signals"]),
         bool(a["start_new_session"]), a.get("process_group", -1),
         -1 if gid is None else gid, None if groups is None else tuple(groups),
-        -1 if uid is None else uid, a["umask"], pidns_fd, userns_fd, pdeathsig, _CHDIR_MARKER)
+        -1 if uid is None else uid, a["umask"], pidns_fd, userns_fd, pdeathsig, _CHDIR_MARKER,
+        cgroup_fd)
 
 
 class _SpawnThread:

@@ -26,6 +26,7 @@ class JobStats:
     peak_job_memory: Optional[int] = None  # bytes
     read_bytes: Optional[int] = None
     write_bytes: Optional[int] = None
+    peak_processes: Optional[int] = None  # most processes at once (Linux cgroup: pids.peak)
 
 
 @dataclasses.dataclass(frozen=True)

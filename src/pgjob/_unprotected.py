@@ -87,7 +87,7 @@ class UnprotectedJob(JobBackend):
 GUARANTEES: dict = {}
 
 
-def candidates(options: JobOptions) -> list:
+def candidates(options: JobOptions, current_process: bool = False) -> list:
     """Platforms pgjob has no kernel mechanism for (e.g. macOS): nothing to try."""
     return []
 

@@ -602,7 +602,7 @@ class WindowsJob(JobBackend):
 GUARANTEES = {"job_object": "the kernel terminates every member when this process dies"}
 
 
-def candidates(options: JobOptions) -> list:
+def candidates(options: JobOptions, current_process: bool = False) -> list:
     """The mechanisms to try, best first, for a Job that did not name one."""
     return ["job_object"]
 

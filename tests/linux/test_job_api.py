@@ -20,7 +20,7 @@ pytestmark = pytest.mark.linux
 @pytest.fixture
 def no_namespaces(monkeypatch):
     """The kernel refusing PID namespaces, as user.max_pid_namespaces=0 does: ENOSPC from clone3."""
-    def refuse(flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig):
+    def refuse(*start_init_args):
         exc = OSError(errno.ENOSPC, "clone3 failed: No space left on device")
         exc.syscall = "clone3"
         raise exc
@@ -87,10 +87,18 @@ def test_forced_pid_namespace_unavailable_is_not_silently_downgraded(job_factory
         job_factory(mechanism="pid_namespace")
 
 
-def test_limits_are_refused_not_ignored(job_factory):
-    for limit in ({"memory_limit": 1 << 30}, {"process_limit": 10}, {"cpu_rate": 50}):
-        with pytest.raises(pgjob.UnsupportedError, match="cgroup v2"):
-            job_factory(on_unavailable="raise", **limit)
+def test_limits_get_a_cgroup_or_are_refused_not_ignored(job_factory):
+    # Even with on_unavailable="log": a job with limits is "cgroup" or nothing.
+    for limit, controller in (({"memory_limit": 1 << 30}, "memory"),
+                              ({"process_limit": 10}, "pids"), ({"cpu_rate": 50}, "cpu")):
+        try:
+            job = job_factory(on_unavailable="log", **limit)
+        except pgjob.UnsupportedError as exc:
+            assert "cgroup" in str(exc), exc
+        else:
+            assert job.mechanism == "cgroup"
+            assert controller in open(os.path.join(job._impl.cgroup_path,
+                                                   "cgroup.controllers")).read().split()
 
 
 def test_assign_running_process_is_unsupported(job_factory):

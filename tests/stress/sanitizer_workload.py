@@ -35,7 +35,7 @@ def main():
                 job.wait(60)
     # The raw C calls with wrong arguments: only Python exceptions.
     for call in (lambda: c.spawn(), lambda: c.unshare("x"), lambda: c.setns(-1, 0),
-                 lambda: c.spawn(*([None] * 25))):
+                 lambda: c.spawn(*([None] * 25)), lambda: c.spawn(*([None] * 27))):
         try:
             call()
         except (TypeError, ValueError, OSError):
