@@ -14,7 +14,13 @@ until every zombie of the namespace has been reaped, and the members' zombies ar
 whoever inherits the owner's children (the nearest child subreaper, else PID 1), on its own
 schedule. --subreaper makes this script that subreaper, reaping at once, as systemd would.
 
+--mechanism is one of owner.py's: pid_namespace, cgroup (a Job with mechanism="cgroup"),
+pdeathsig, protect (protect_children() in the owner, then plain subprocess & co), plain (the
+control). --user UID runs the owner as that user (root only); --delegate first makes a cgroup
+delegated to it (chowned, as systemd's Delegate=yes) and starts the owner inside.
+
 usage: python scripts/stress_linux_orphans.py [-n 100] [--mechanism pid_namespace] [--scenario mixed]
+                                              [--user 1500 [--delegate]] [--subreaper]
 """
 import argparse
 import json
@@ -24,12 +30,16 @@ import signal
 import statistics
 import subprocess
 import sys
+import contextlib
 import tempfile
 import time
 import shutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OWNER = os.path.join(ROOT, "tests", "linux", "owner.py")
+# As tests/proc_helpers.scaled(): the VM's spawns are ~50x slower than this host's.
+TIMEOUT_SCALE = float(os.environ.get("PGJOB_TIMEOUT_SCALE") or
+                      (20 if os.environ.get("PGJOB_IN_VM") == "1" else 1))
 
 
 def start_time(pid):
@@ -69,27 +79,85 @@ def reap(tracked):
             pass  # not (or no longer) our child
 
 
-def one_round(mechanism, scenario):
+def cgroup2_mount():
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "cgroup2":
+                return fields[4]
+    return None
+
+
+def own_cgroup():
+    with open("/proc/self/cgroup") as f:
+        return [line[3:].strip() for line in f if line.startswith("0::")][0]
+
+
+@contextlib.contextmanager
+def delegated_cgroup(uid):
+    """A cgroup in the unified hierarchy handed to `uid` the way systemd's Delegate=yes does
+    (the directory and its cgroup.procs, cgroup.subtree_control, cgroup.threads chowned);
+    yields its path; kills what is left in it and removes it afterwards."""
+    mount = cgroup2_mount()
+    if mount is None:
+        raise RuntimeError("no cgroup2 hierarchy is mounted")
+    path = os.path.join(mount, own_cgroup().lstrip("/"), f"pgjob-stress-{os.getpid()}")
+    os.mkdir(path)
+    try:
+        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+            os.chown(os.path.join(path, name), uid, uid)
+        yield path
+    finally:
+        for dirpath, _dirs, _files in os.walk(path, topdown=False):
+            with contextlib.suppress(OSError):
+                with open(os.path.join(dirpath, "cgroup.kill"), "w") as f:
+                    f.write("1")
+            deadline = time.monotonic() + 10
+            while os.path.exists(dirpath) and time.monotonic() < deadline:
+                try:
+                    os.rmdir(dirpath)
+                except OSError:  # EBUSY until its last process is gone and reaped
+                    time.sleep(0.01)
+
+
+def owner_command(mechanism, scenario, ready_dir, user=None, cgroup=None, python=None):
+    """argv and Popen keywords for an owner as `user`, inside `cgroup` if given (its pid is
+    written there before Python starts: everything it does happens inside)."""
+    argv = [python or sys.executable, OWNER, mechanism, scenario, ready_dir]
+    if cgroup is not None:
+        switch = (f'exec setpriv --reuid={user} --regid={user} --clear-groups "$@"'
+                  if user is not None else 'exec "$@"')
+        return ["sh", "-c", f'echo $$ > "$0/cgroup.procs" && {switch}', cgroup, *argv], {}
+    if user is not None:
+        return argv, {"user": user, "group": user, "extra_groups": []}
+    return argv, {}
+
+
+def one_round(mechanism, scenario, user=None, cgroup=None, python=None):
     """(members, survivors, members-gone ms or None, mechanism): what tests/stress uses."""
-    return one_round_detailed(mechanism, scenario, False)[:4]
+    return one_round_detailed(mechanism, scenario, False, user, cgroup, python)[:4]
 
 
-def one_round_detailed(mechanism, scenario, subreaper):
+def one_round_detailed(mechanism, scenario, subreaper, user=None, cgroup=None, python=None):
     """one_round(), plus how many of pgjob's inits were left after 5 s and when they went."""
     ready_dir = tempfile.mkdtemp(prefix="pgjob-stress-")
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
-    proc = subprocess.Popen([sys.executable, OWNER, mechanism, scenario, ready_dir],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+    os.chmod(ready_dir, 0o777)  # an owner of another uid writes its readiness files here
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"), PYTHONDONTWRITEBYTECODE="1")
+    argv, kwargs = owner_command(mechanism, scenario, ready_dir, user, cgroup, python)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd="/", **kwargs)
+    owner_started = start_time(proc.pid)
     try:
-        report = read_report(proc)
+        report = read_report(proc, timeout=20.0 * TIMEOUT_SCALE)
         init_pids = set(report.get("init", []))
+        # Nothing older than the owner is one of its processes: never kill the machine's.
         tracked = [(pid, start_time(pid)) for pid in report["pids"]]
+        tracked = [m for m in tracked if m[1] is not None and m[1] >= owner_started]
         members = [m for m in tracked if m[1] is not None and m[0] not in init_pids]
         inits = [m for m in tracked if m[1] is not None and m[0] in init_pids]
         killed_at = time.monotonic()
         proc.kill()
-        deadline = killed_at + 5.0
+        deadline = killed_at + 5.0 * TIMEOUT_SCALE
         left, members_ms = members, None
         while (left or any(alive(m) for m in inits)) and time.monotonic() < deadline:
             if subreaper:
@@ -125,7 +193,20 @@ def main():
     parser.add_argument("--scenario", default="mixed")
     parser.add_argument("--subreaper", action="store_true",
                         help="become the owner's child subreaper and reap its orphans at once")
+    parser.add_argument("--user", type=int, help="run the owner as this uid (root only)")
+    parser.add_argument("--delegate", action="store_true",
+                        help="start the owner in a cgroup delegated to --user (or to us)")
+    parser.add_argument("--python", help="interpreter for the owner (one --user can run)")
     args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        cgroup = None
+        if args.delegate:
+            cgroup = stack.enter_context(delegated_cgroup(
+                args.user if args.user is not None else os.geteuid()))
+        return run(args, cgroup)
+
+
+def run(args, cgroup):
     if args.subreaper:
         import ctypes
         PR_SET_CHILD_SUBREAPER = 36
@@ -138,7 +219,7 @@ def main():
     mechanisms = set()
     for i in range(args.repetitions):
         n, left, ms, mechanism, init_left, init_ms = one_round_detailed(
-            args.mechanism, args.scenario, args.subreaper)
+            args.mechanism, args.scenario, args.subreaper, args.user, cgroup, args.python)
         mechanisms.add(mechanism)
         members += n
         survivors += left
@@ -149,7 +230,9 @@ def main():
         if init_ms is not None:
             init_times.append(init_ms)
     print(f"repetitions: {args.repetitions}  mechanism: {', '.join(sorted(mechanisms))}  "
-          f"scenario: {args.scenario}  subreaper: {args.subreaper}")
+          f"scenario: {args.scenario}  subreaper: {args.subreaper}  uid: "
+          f"{args.user if args.user is not None else os.geteuid()}"
+          f"{'  delegated cgroup' if cgroup else ''}")
     print(f"members per round: {members / args.repetitions:.1f}  total members: {members}")
     print(f"survivors: {survivors} (in {failed_rounds} rounds)")
     if times:

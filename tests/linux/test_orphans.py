@@ -36,6 +36,14 @@ def owner_as(request, who):
     return {"wrapper": cgroup.wrapper, "python": cgroup.python}
 
 
+def suite_user_options(request, mechanism):
+    """Run as the suite's own user; for a cgroup job an ordinary user needs a delegated
+    cgroup (the fixture's, which skips where there is none)."""
+    if mechanism in CGROUP_MODES and os.geteuid() != 0:
+        return owner_as(request, "delegated")
+    return {}
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_owner_sigkilled_pid_namespace_kills_every_member(owner_factory, scenario):
     owner = owner_factory(scenario, "pid_namespace")
@@ -72,9 +80,11 @@ def test_owner_sigkilled_cgroup_kills_every_member(owner_factory, request, mode,
 
 @pytest.mark.parametrize("command", ["exit", "raise"])
 @pytest.mark.parametrize("mechanism", ["pid_namespace", "cgroup", "pdeathsig"])
-def test_owner_leaving_the_with_block_kills_the_tree(owner_factory, command, mechanism):
+def test_owner_leaving_the_with_block_kills_the_tree(owner_factory, request, command,
+                                                    mechanism):
     # "mixed" has grandchildren and a setsid daemon: close() must find them all.
-    owner = owner_factory("mixed" if mechanism == "pid_namespace" else "tree", mechanism)
+    owner = owner_factory("tree" if mechanism == "pdeathsig" else "mixed", mechanism,
+                          **suite_user_options(request, mechanism))
     assert owner.info["mechanism"] == mechanism
     owner.command(command)
     returncode, stderr = owner.finish()
@@ -84,19 +94,20 @@ def test_owner_leaving_the_with_block_kills_the_tree(owner_factory, command, mec
     assert owner.members_gone(timeout=scaled(GONE_WITHIN))
 
 
-def test_member_spawned_from_an_exited_thread_lives_while_the_owner_lives(owner_factory):
+@pytest.mark.parametrize("mechanism", ["pid_namespace", "cgroup", "pdeathsig"])
+def test_member_spawned_from_an_exited_thread_lives_while_the_owner_lives(owner_factory,
+                                                                           request, mechanism):
     # PR_SET_PDEATHSIG follows the parent *thread* (golang/go#27505): the worker thread that
     # spawned this member has exited, and the member must still run.
-    for mechanism in ("pid_namespace", "cgroup", "pdeathsig"):
-        owner = owner_factory("thread", mechanism)
-        assert owner.info["mechanism"] == mechanism
-        assert all(alive(m) for m in owner.members)
-        owner.command("report")
-        line = owner.proc.stdout.readline()
-        assert line, "owner died"
-        assert all(alive(m) for m in owner.members)
-        owner.sigkill()
-        assert owner.members_gone(timeout=scaled(GONE_WITHIN))
+    owner = owner_factory("thread", mechanism, **suite_user_options(request, mechanism))
+    assert owner.info["mechanism"] == mechanism
+    assert all(alive(m) for m in owner.members)
+    owner.command("report")
+    line = owner.proc.stdout.readline()
+    assert line, "owner died"
+    assert all(alive(m) for m in owner.members)
+    owner.sigkill()
+    assert owner.members_gone(timeout=scaled(GONE_WITHIN))
 
 
 @pytest.mark.parametrize("who", ["root", "uid1500"])
@@ -155,8 +166,8 @@ def test_member_crash_leaves_owner_and_other_members_alone(owner_factory):
 
 
 @pytest.mark.parametrize("scenario", ["tree", "daemon", "mixed"])
-def test_protect_children_covers_plain_subprocess_children(owner_factory, scenario):
-    owner = owner_factory(scenario, "protect")
+def test_protect_children_covers_plain_subprocess_children(owner_factory, request, scenario):
+    owner = owner_factory(scenario, "protect", **suite_user_options(request, "protect"))
     assert owner.info["mechanism"] == "cgroup", owner.info["log"]
     assert owner.info["in_job"] is True
     assert len(owner.members) >= 2

@@ -76,11 +76,19 @@ orphans.start_time = start_time = _start_time_reaping
 
 # (mechanism, scenario): SIGKILL the owner; everything it reported must die. pdeathsig only
 # promises its direct children, so it runs the scenarios without grandchildren.
+MATRIX = ("sleeping", "busy", "stopped", "tree", "daemon", "doublefork", "setsid", "mixed",
+          "thread")
+# protect_children() also by the routes only a whole program has (owner.py's ROUTE).
+PROTECT_ROUTES = ("prethread", "pool", "system", "everything")
 SIGKILL_CASES = (
-    [("pid_namespace", s) for s in ("sleeping", "busy", "stopped", "tree", "daemon", "mixed", "thread")]
+    [("pid_namespace", s) for s in MATRIX]
+    + [("cgroup", s) for s in MATRIX]
     + [("pdeathsig", s) for s in ("sleeping", "busy", "stopped", "thread")]
-    + [("protect", s) for s in ("tree", "daemon", "mixed")]
+    + [("protect", s) for s in MATRIX + PROTECT_ROUTES]
 )
+# What each owner mode must report: protect_children() is a cgroup job on Linux.
+EXPECTED_MECHANISM = {"protect": "cgroup"}
+TEST_UID = 1500  # pgjob-tester: an ordinary user, not the overflow uid 65534
 
 
 def _kill_leftovers(members):
@@ -103,7 +111,7 @@ def test_owner_sigkilled_repeatedly_leaves_no_survivor(mechanism, scenario):
         mechanisms.add(got)
     report(f"linux-orphans sigkill {mechanism}/{scenario}", repetitions=REPETITIONS,
            members=members, survivors=survivors)
-    assert mechanisms == {"pid_namespace" if mechanism == "protect" else mechanism}
+    assert mechanisms == {EXPECTED_MECHANISM.get(mechanism, mechanism)}
     assert members >= REPETITIONS
     assert survivors == 0
 
@@ -131,7 +139,7 @@ def _owner_round(mechanism, scenario, command, user=None, python=sys.executable,
         proc.wait(20)
         if command != "kill":
             assert proc.returncode == (0 if command == "exit" else 1), proc.stderr.read()
-        wait_until(lambda: all(start_time(p) != s for p, s in members), timeout=grace)
+        wait_until(lambda: all(start_time(p) != s for p, s in members), timeout=grace * orphans.TIMEOUT_SCALE)
         left = [m for m in members if start_time(m[0]) == m[1]]
         return len(members), len(left), info
     finally:
@@ -145,7 +153,8 @@ def _owner_round(mechanism, scenario, command, user=None, python=sys.executable,
 
 
 @pytest.mark.parametrize("command", ["exit", "raise"])
-@pytest.mark.parametrize("mechanism,scenario", [("pid_namespace", "mixed"), ("pdeathsig", "tree")])
+@pytest.mark.parametrize("mechanism,scenario", [("pid_namespace", "mixed"), ("cgroup", "mixed"),
+                                               ("pdeathsig", "tree")])
 def test_owner_leaving_the_with_block_repeatedly_leaves_no_survivor(mechanism, scenario, command):
     members = survivors = 0
     for _ in range(REPETITIONS):
@@ -214,3 +223,37 @@ def test_control_plain_subprocess_leaves_survivors_every_time():
         survivors += left
     report("linux-orphans control plain/mixed", repetitions=rounds, members=members,
            survivors=survivors)
+
+
+@pytest.mark.parametrize("mechanism,scenario",
+                         [("cgroup", s) for s in MATRIX] + [("protect", s) for s in
+                                                            MATRIX + PROTECT_ROUTES])
+def test_delegated_owner_sigkilled_repeatedly_leaves_no_survivor(mechanism, scenario):
+    """uid 1500 in a cgroup delegated to it (as systemd's Delegate=yes gives): the cgroup
+    mechanisms, SIGKILLed, 0 survivors. Root makes the delegation; an ordinary user running
+    the suite uses its own if it was delegated."""
+    if os.geteuid() == 0:
+        uid = TEST_UID
+        python = _unprivileged_python(uid)
+        if python is None:
+            pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {uid} can run")
+    else:
+        uid, python = None, sys.executable
+        own = os.path.join(orphans.cgroup2_mount() or "/nonexistent",
+                           orphans.own_cgroup().lstrip("/"))
+        if not os.access(os.path.join(own, "cgroup.procs"), os.W_OK):
+            pytest.skip("this ordinary user's cgroup is not delegated to it")
+    members = survivors = 0
+    mechanisms = set()
+    with orphans.delegated_cgroup(uid if uid is not None else os.geteuid()) as cgroup:
+        for _ in range(REPETITIONS):
+            n, left, _ms, got = orphans.one_round(mechanism, scenario, user=uid, cgroup=cgroup,
+                                                  python=python)
+            members += n
+            survivors += left
+            mechanisms.add(got)
+    report(f"linux-orphans sigkill delegated uid {uid or os.geteuid()} {mechanism}/{scenario}",
+           repetitions=REPETITIONS, members=members, survivors=survivors)
+    assert mechanisms == {"cgroup"}
+    assert members >= REPETITIONS
+    assert survivors == 0
