@@ -18,7 +18,8 @@ if not sys.platform.startswith("linux"):
 
 
 def pytest_report_header(config):
-    # A failure in the VM then reads with the right clock in mind (wait_until applies it).
+    # A failure in the VM then reads with the right clock in mind: deadlines written as
+    # proc_helpers.scaled(seconds) are that much longer there.
     if TIMEOUT_SCALE != 1:
         where = " (in scripts/vm's guest)" if os.environ.get("PGJOB_IN_VM") == "1" else ""
         return f"pgjob: deadlines x{TIMEOUT_SCALE:g}{where}: PGJOB_TIMEOUT_SCALE"

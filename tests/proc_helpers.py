@@ -34,9 +34,8 @@ def scaled(seconds):
 def wait_until(predicate, timeout=10.0):
     """Poll `predicate` until it is true or `timeout` seconds have passed; return its last
     value. Polls every 2 ms at first, backing off to 50 ms, so a quick outcome is seen
-    quickly and a slow one costs little CPU. `timeout` is the host's figure: it is scaled
-    here (TIMEOUT_SCALE), so callers pass it unscaled."""
-    deadline = time.monotonic() + scaled(timeout)
+    quickly and a slow one costs little CPU."""
+    deadline = time.monotonic() + timeout
     delay = 0.002
     while True:
         value = predicate()
