@@ -281,6 +281,15 @@ def choose_parent(h: Hierarchy, controllers: list) -> str:
     what is missing."""
     own = h.own_dir
     if not controllers:
+        if not os.access(own, os.W_OK) and own != h.mount:
+            # A leaf we may not write (a scope created for us by root) below a subtree
+            # delegated to us: the job goes beside it.
+            parent = os.path.dirname(own)
+            if os.access(parent, os.W_OK) and os.access(os.path.join(parent, "cgroup.procs"),
+                                                         os.W_OK):
+                logger.debug("cgroup: %s is not writable, its parent %s is: the job goes "
+                             "there", own, parent)
+                return parent
         return own
     missing = [c for c in controllers if c not in _controllers(own, "cgroup.subtree_control")]
     if not missing:

@@ -105,7 +105,7 @@ def test_members_start_in_the_job_cgroup_and_the_watcher_outside(cgroup_job):
     impl = job._impl
     path = impl.cgroup_path
     assert os.path.basename(path).startswith(f"pgjob-{os.getpid()}-")
-    assert os.path.dirname(path) == h.own_dir
+    assert os.path.dirname(path) == _cgroup.choose_parent(h, [])
     p = job.popen(["sleep", "100"])
     assert p.spawn_path == "clone_into_cgroup"
     assert _cgroup_dir_of(p.pid, h) == path
@@ -222,8 +222,7 @@ def test_process_memory_limit_is_refused_saying_why(job_factory):
 
 def test_pid_namespace_job_refuses_assign_current(job_factory):
     job = job_factory(mechanism="pid_namespace")
-    before = open("/proc/self/ns/pid_for_children").read() if False else os.readlink(
-        "/proc/thread-self/ns/pid_for_children")
+    before = os.readlink("/proc/thread-self/ns/pid_for_children")
     with pytest.raises(pgjob.UnsupportedError, match="can't move itself into a PID namespace"):
         job.assign_current()
     assert os.readlink("/proc/thread-self/ns/pid_for_children") == before
@@ -293,11 +292,13 @@ def _settled(marker, owner):
     return found
 
 
-def _start_owner(mode, marker, user=None):
-    python = sys.executable if user is None else unprivileged_python(user)
+def _start_owner(mode, marker, user=None, wrapper=(), python=None):
+    if python is None:
+        python = sys.executable if user is None else unprivileged_python(user)
     kwargs = {} if user is None else dict(user=user, group=user, extra_groups=[], cwd="/")
-    owner = subprocess.Popen([python, "-c", OWNER, SRC, mode, marker], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    owner = subprocess.Popen([*wrapper, python, "-c", OWNER, SRC, mode, marker],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, **kwargs)
     line = owner.stdout.readline()
     if not line:
         owner.kill()
@@ -393,6 +394,52 @@ def test_watcher_killed_the_owner_says_so_and_starts_another(cgroup_job, caplog)
     assert wait_until(lambda: _gone(second), 5)
 
 
+RESPAWN_OWNER = r"""
+import json, os, signal, subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+import pgjob
+job = pgjob.protect_children(on_unavailable="raise")
+impl = job._impl
+first = impl.watcher_pid
+os.kill(first, signal.SIGKILL)
+deadline = time.monotonic() + float(sys.argv[3])
+while impl.watcher_pid in (first, -1) and time.monotonic() < deadline:
+    time.sleep(0.01)
+subprocess.Popen(["sh", "-c", "sleep 1000", sys.argv[2]], stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+print(json.dumps({"first": first, "second": impl.watcher_pid, "cgroup": impl.cgroup_path}),
+      flush=True)
+sys.stdin.read()
+"""
+
+
+def test_watcher_respawned_by_a_protected_owner_lives_outside_the_job():
+    """After protect_children() the owner is inside the job cgroup, so a new watcher is born
+    there: it must move itself out (to the owner's old cgroup), or the job's kill would take
+    it along, and still kill the job when the owner dies."""
+    h = _writable_or_skip()
+    marker = "pgjob-cg-" + uuid.uuid4().hex
+    owner = subprocess.Popen([sys.executable, "-c", RESPAWN_OWNER, SRC, marker, str(5 * SCALE)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        report = json.loads(owner.stdout.readline())
+        second = report["second"]
+        assert second not in (report["first"], -1)
+        assert _cgroup_dir_of(second, h) == h.own_dir
+        assert os.getsid(second) == second
+        assert wait_until(lambda: len(_settled(marker, owner.pid)) == 1, 10 * SCALE)
+        member, = _settled(marker, owner.pid)
+        assert _cgroup_dir_of(member, h) == report["cgroup"]
+        owner.kill()
+        owner.wait(10)
+        assert wait_until(lambda: _gone(member), 5 * SCALE)
+        assert wait_until(lambda: not os.path.exists(report["cgroup"]), 5 * SCALE)
+        assert wait_until(lambda: _gone(second), 5 * SCALE)
+    finally:
+        _finish(owner)
+        _kill_leftovers(marker)
+
+
 # -- protect_children() where it can't --------------------------------------------------------------
 
 def test_protect_children_unavailable_leaves_the_process_as_it_was():
@@ -401,12 +448,15 @@ def test_protect_children_unavailable_leaves_the_process_as_it_was():
     threads and forks work."""
     h = _hierarchy_or_skip()
     marker = "pgjob-cg-" + uuid.uuid4().hex
-    owner, report = _start_owner("log", marker, user=1500)
+    user = 1500 if os.geteuid() == 0 else None  # else: this ordinary user itself
+    owner, report = _start_owner("log", marker, user=user)
     try:
         if report["mechanism"] == "cgroup":
-            pytest.skip(f"uid 1500 has a writable cgroup here ({report['before']}): delegated")
+            pytest.skip(f"uid {report['uid']} has a writable cgroup here ({report['before']}): "
+                        "delegated")
         assert report["mechanism"] == "none"
-        assert report["after"] == report["before"] and report["uid"] == 1500
+        assert report["after"] == report["before"]
+        assert report["uid"] == (1500 if user else os.getuid())
         assert report["fork_ok"]
         owner.stdin.close()
         owner.wait(10)
@@ -467,6 +517,34 @@ def test_protect_children_failure_half_way_is_undone(monkeypatch, caplog):
     assert real_move is not refuse
 
 
+def test_delegated_user_protect_children_and_owner_sigkill(delegated_cgroup):
+    """An ordinary user in a delegated cgroup (as systemd's Delegate=yes gives one): the job
+    cgroup is made below it, every child lands there, and the owner's SIGKILL kills them."""
+    h = _hierarchy_or_skip()
+    marker = "pgjob-cg-" + uuid.uuid4().hex
+    owner, report = _start_owner("log", marker, wrapper=delegated_cgroup.wrapper,
+                                 python=delegated_cgroup.python)
+    try:
+        assert report["uid"] == delegated_cgroup.uid
+        assert report["mechanism"] == "cgroup", owner.stderr.read1().decode()
+        assert report["before"] == delegated_cgroup.relative
+        path = report["cgroup"]
+        assert os.path.dirname(path) in (delegated_cgroup.path,
+                                         os.path.dirname(delegated_cgroup.path))
+        assert wait_until(lambda: len(_settled(marker, owner.pid)) == 3, 10 * SCALE)
+        members = _settled(marker, owner.pid)
+        assert all(_cgroup_dir_of(pid, h) == path for pid in members)
+        assert _cgroup_dir_of(report["watcher"], h) == delegated_cgroup.path
+        owner.kill()
+        owner.wait(10)
+        assert wait_until(lambda: all(_gone(pid) for pid in members), 5 * SCALE), members
+        assert wait_until(lambda: not os.path.exists(path), 5 * SCALE)
+        assert wait_until(lambda: _gone(report["watcher"]), 5 * SCALE)
+    finally:
+        _finish(owner)
+        _kill_leftovers(marker)
+
+
 # -- limits, stats, OOM: where the controllers exist (the VM) -------------------------------------
 
 def test_memory_limit_writes_memory_max_and_oom_kills(job_factory):
@@ -491,17 +569,18 @@ def test_process_limit_writes_pids_max_and_refuses_forks(job_factory):
     job = job_factory(process_limit=3)
     path = job._impl.cgroup_path
     assert open(os.path.join(path, "pids.max")).read().strip() == "3"
-    p = job.popen(["sh", "-c", "for i in 1 2 3 4 5; do sleep 100 & done; wait"],
-                  stderr=subprocess.PIPE)
-    assert wait_until(lambda: len(job.pids()) == 3, 10 * SCALE)
-    assert wait_until(lambda: _cgroup.read_keyed(path, "pids.events")["max"] >= 1, 10 * SCALE)
+    members = [job.popen(["sleep", "100"]) for _ in range(3)]
+    with pytest.raises(pgjob.LimitExceededError):
+        job.popen(["sleep", "100"])  # clone3 refused with EAGAIN by pids.max
+    assert _cgroup.read_keyed(path, "pids.events")["max"] >= 1
     kinds = [e.kind for e in job.events(timeout=1 * SCALE)]
     assert pgjob.EventKind.ACTIVE_PROCESS_LIMIT in kinds
-    stats = job.stats()
+    assert sorted(job.pids()) == sorted(m.pid for m in members)
     if os.path.exists(os.path.join(path, "pids.peak")):
-        assert stats.peak_processes == 3
+        assert job.stats().peak_processes == 3
     job.terminate()
-    p.wait(10 * SCALE)
+    for m in members:
+        assert m.wait(10 * SCALE) == -signal.SIGKILL
 
 
 def test_cpu_rate_writes_cpu_max(job_factory):
