@@ -101,7 +101,10 @@ def delegated_cgroup(uid):
     mount = cgroup2_mount()
     if mount is None:
         raise RuntimeError("no cgroup2 hierarchy is mounted")
-    path = os.path.join(mount, own_cgroup().lstrip("/"), f"pgjob-stress-{os.getpid()}")
+    # As root: a child of our own cgroup. As an ordinary user: of the one delegated to us,
+    # which scripts/vm's guest names (its command runs in a leaf scope below it).
+    parent = os.environ.get("PGJOB_VM_DELEGATED_CGROUP") if os.geteuid() else None
+    path = os.path.join(mount, (parent or own_cgroup()).lstrip("/"), f"pgjob-stress-{os.getpid()}")
     os.mkdir(path)
     try:
         for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):

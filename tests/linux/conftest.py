@@ -94,7 +94,7 @@ class Owner:
         env = dict(os.environ, PYTHONPATH=SRC, PYTHONDONTWRITEBYTECODE="1")
         env.pop("PGJOB_DEBUG", None)
         kwargs = {}
-        if user is not None:
+        if user is not None and user != os.geteuid():  # already that user: nothing to switch
             kwargs.update(user=user, group=user, extra_groups=[])
         self.proc = subprocess.Popen(
             [*wrapper, python, OWNER, mechanism, scenario, str(ready_dir), *extra],
@@ -155,6 +155,8 @@ def unprivileged_python(uid):
     """An interpreter `uid` may run that loads the extension we built (same ABI tag): pyenv's
     own lives under /root, which no other user can enter (scripts/test runs world-readable
     copies of them)."""
+    if os.geteuid() == uid:
+        return sys.executable  # the suite runs as that user (scripts/vm --user, H4's harness)
     if os.geteuid() != 0:
         pytest.skip("not root: can't switch to another uid (the suite itself also runs as an "
                     "ordinary user)")
@@ -259,20 +261,24 @@ DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
 
 
 def _own_delegated_cgroup():
-    """The cgroup this (non-root) process runs in, if it was delegated to us: the directory
-    and its cgroup.procs are ours and writable (systemd's Delegate=yes, or H4's harness)."""
+    """A cgroup delegated to this (non-root) process's user, where it may make children and
+    move itself: the one the harness names (scripts/vm's guest sets
+    PGJOB_VM_DELEGATED_CGROUP to user@UID.service, whose leaf scope the command runs in),
+    else our own cgroup if it is ours (systemd's Delegate=yes). None if neither is."""
     mount = cgroup2_mount()
     if mount is None:
         return None
-    own = cgroup_path(cgroup_of())
-    try:
-        if os.stat(own).st_uid != os.geteuid():
-            return None
-    except OSError:
-        return None
-    if not os.access(own, os.W_OK) or not os.access(os.path.join(own, "cgroup.procs"), os.W_OK):
-        return None
-    return own
+    named = os.environ.get("PGJOB_VM_DELEGATED_CGROUP")
+    candidates = ([cgroup_path(named)] if named else []) + [cgroup_path(cgroup_of())]
+    for path in candidates:
+        try:
+            if os.stat(path).st_uid != os.geteuid():
+                continue
+        except OSError:
+            continue
+        if os.access(path, os.W_OK) and os.access(os.path.join(path, "cgroup.procs"), os.W_OK):
+            return path
+    return None
 
 
 def remove_cgroup_tree(top):

@@ -527,10 +527,13 @@ def run_checks(mode):
     global ready_dir
     ready_dir = sys.argv[3]
     prethread = PreThread()
-    report = {"mode": mode, "state_before": process_state(),
-              "helpers_before": helper_processes(), "cgroup_dirs_before": cgroup_tree()}
+    report = {"mode": mode, "state_before": process_state()}
     report["before"] = run_battery(prethread)
     report["state_between"] = process_state()
+    # Right around the call: other sessions on the machine make and remove cgroups and
+    # helpers of their own, so a wide window would see theirs.
+    report["helpers_before"] = helper_processes()
+    report["cgroup_dirs_before"] = cgroup_tree()
     if mode == "protect":
         job = pgjob.protect_children(on_unavailable="log")
         report["mechanism"] = job.mechanism
@@ -545,9 +548,9 @@ def run_checks(mode):
             report["mechanism"] = None
     else:
         report["mechanism"] = "plain"
-    report["state_after"] = process_state()
-    report["helpers_after"] = helper_processes()
     report["cgroup_dirs_after"] = cgroup_tree()
+    report["helpers_after"] = helper_processes()
+    report["state_after"] = process_state()
     report["after"] = run_battery(prethread)
     report["child_cgroups"] = child_cgroups(prethread)
     report["state_end"] = process_state()
@@ -595,7 +598,8 @@ def main():
             if scenario == "thread":
                 # Spawn from a worker thread that then exits: PR_SET_PDEATHSIG would fire here.
                 box = []
-                t = threading.Thread(target=lambda: box.append(job.popen(argv + [ready_dir, name], **QUIET)))
+                t = threading.Thread(target=lambda: box.append(
+                    job.popen(argv + [ready_dir, name], **QUIET)))
                 t.start()
                 t.join()
                 popens.append(box[0])

@@ -64,7 +64,8 @@ def test_owner_sigkilled_cgroup_kills_every_member(owner_factory, request, mode,
     owner = owner_factory(scenario, mode, **owner_as(request, who))
     info = owner.info
     assert info["mechanism"] == "cgroup", info["log"]
-    helpers = {int(pid) for pid in info["helpers"]} - {int(p) for p in info.get("helpers_before", {})}
+    helpers = ({int(pid) for pid in info["helpers"]}
+               - {int(pid) for pid in info.get("helpers_before", {})})
     assert helpers, "no watcher (pgjob-helper) is running"
     members = [m for m in owner.members if m[0] not in helpers]
     assert members and all(alive(m) for m in members)

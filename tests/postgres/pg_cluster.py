@@ -230,6 +230,82 @@ def python_for_server_user(cluster):
                   f"(last try: {probe.stderr.strip()[-200:]})")
 
 
+# -- cgroup v2 delegation (as systemd's Delegate=yes gives a `User=postgres` service) -------
+
+
+def cgroup2_mount():
+    """The unified hierarchy's mount point, from /proc/self/mountinfo (never assumed)."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "cgroup2":
+                return fields[4]
+    return None
+
+
+def cgroup_of(pid="self"):
+    """`pid`'s cgroup v2 path (the "0::" line of /proc/PID/cgroup); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].rstrip("\n")
+    except OSError:
+        return None
+    return None
+
+
+def _remove_cgroup_tree(top):
+    """Kill what is left below `top` (cgroup.kill) and remove the directories bottom up."""
+    for dirpath, _dirs, _files in os.walk(top, topdown=False):
+        try:
+            with open(os.path.join(dirpath, "cgroup.kill"), "w") as f:
+                f.write("1")
+        except OSError:
+            pass  # no cgroup.kill (before 5.14), or already gone
+
+        def removed(path=dirpath):
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                return True
+            except OSError:
+                return False  # EBUSY until the last process is gone and reaped
+            return True
+        wait_until(removed, 10)
+
+
+@pytest.fixture
+def delegated_cgroup():
+    """A cgroup in the unified hierarchy delegated to the server user (directory and its
+    cgroup.procs, cgroup.subtree_control, cgroup.threads chowned): the wrapper starts in it.
+    As an ordinary user, a child of our own cgroup if that one was delegated to us."""
+    mount = cgroup2_mount()
+    if mount is None:
+        pytest.skip("no cgroup2 hierarchy is mounted")
+    # An ordinary user's delegated cgroup: the harness's (scripts/vm names it), else our own.
+    named = os.environ.get("PGJOB_VM_DELEGATED_CGROUP") if os.geteuid() else None
+    parent = os.path.join(mount, (named or cgroup_of()).lstrip("/"))
+    if os.geteuid() == 0:
+        record = pwd.getpwnam(SERVER_USER)
+        uid, gid = record.pw_uid, record.pw_gid
+    else:
+        uid, gid = os.geteuid(), os.getegid()
+        if os.stat(parent).st_uid != uid or not os.access(os.path.join(parent, "cgroup.procs"),
+                                                          os.W_OK):
+            pytest.skip(f"cgroup {cgroup_of()} is not delegated to uid {uid}")
+    if not os.access(parent, os.W_OK):
+        pytest.skip(f"cgroup2 at {mount} is read-only here")
+    path = os.path.join(parent, f"pgjob-pg-{os.getpid()}-{free_port()}")
+    os.mkdir(path)
+    try:
+        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+            os.chown(os.path.join(path, name), uid, gid)
+        yield path
+    finally:
+        _remove_cgroup_tree(path)
+
+
 # -- fixtures (imported by the test module; no conftest.py here: a second top-level `conftest`
 # module would shadow tests/linux' own when several suites are collected in one run) --------
 

@@ -1,9 +1,10 @@
 """The owner process of the PostgreSQL crash test: starts the postmaster (COMMAND after `--`)
 either in a pgjob kill-on-close job (`--mode pgjob`, the library path a service wrapper
-would use) or with plain subprocess (`--mode plain`, the control), reports its pid on
-stdout as a JSON line, and waits until the test kills it.
+would use), with plain subprocess after pgjob.protect_children() (`--mode protect`, the
+PostgreSQL patch's one call), or with plain subprocess alone (`--mode plain`, the control),
+reports its pid on stdout as a JSON line, and waits until the test kills it.
 
-Run as: python pg_owner.py --mode pgjob|plain -- postgres -D ... -p ... -k ...
+Run as: python pg_owner.py --mode pgjob|protect|plain -- postgres -D ... -p ... -k ...
 """
 import argparse
 import json
@@ -14,7 +15,7 @@ import sys
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=("pgjob", "plain"), required=True)
+    parser.add_argument("--mode", choices=("pgjob", "protect", "plain"), required=True)
     parser.add_argument("--log", required=True, help="file that receives the server's stderr")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -25,6 +26,13 @@ def main():
 
             job = pgjob.Job(kill_on_close=True, on_unavailable="raise")
             server = job.popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            mechanism = job.mechanism
+        elif args.mode == "protect":
+            import pgjob
+
+            # Raise rather than run unprotected: the test must not pass by accident.
+            job = pgjob.protect_children(on_unavailable="raise")
+            server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             mechanism = job.mechanism
         else:
             server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)

@@ -1,9 +1,9 @@
 """The scenario pgjob exists for, against a real PostgreSQL server: a wrapper starts the
 postmaster, a session holds LOCK TABLE inside a transaction, the wrapper is SIGKILLed.
 
-With pgjob (the library's Job.popen, and `pgjob run`), every process of the cluster must be
-gone within 5 s and a plain `pg_ctl start` on the same data directory and port must succeed
-and answer SELECT 1. The control (plain subprocess) must show the opposite: the postmaster
+With pgjob (the library's Job.popen, protect_children() then plain subprocess, and `pgjob
+run`), every process of the cluster must be gone within 5 s and, once reaped, a plain
+`pg_ctl start` on the same data directory and port must succeed and answer SELECT 1. The control (plain subprocess) must show the opposite: the postmaster
 orphaned, still holding the port and the lock, and the restart refused.
 """
 import json
@@ -15,16 +15,17 @@ import time
 
 import pytest
 
-from pg_cluster import (GONE_WITHIN, PYTHON, cluster, pg_bindir, pg_template,  # noqa: F401
-                        pgjob_env, port_taken, python_for_server_user)
-from proc_helpers import wait_until
+from pg_cluster import (GONE_WITHIN, PYTHON, cgroup2_mount, cgroup_of, cluster,  # noqa: F401
+                        delegated_cgroup, pg_bindir, pg_template, pgjob_env, port_taken,
+                        python_for_server_user)
+from proc_helpers import scaled, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OWNER = os.path.join(HERE, "pg_owner.py")
 LOCKED_RELATION = "crash_target"
 
 
-def start_wrapper(cluster, how):
+def start_wrapper(cluster, how, cgroup=None):
     """Start the postmaster under a wrapper; return the wrapper's Popen once the server is ready.
 
     library/cli/plain: the wrapper runs as root (the test's user) and drops to the server
@@ -33,7 +34,25 @@ def start_wrapper(cluster, how):
     unprivileged user namespace for its PID namespace.
     """
     wrapper_log = open(os.path.join(cluster.root, "wrapper.log"), "ab")
-    if how == "library-unprivileged":
+    if how == "protect-unprivileged":
+        # The whole wrapper as the server user, started inside a cgroup delegated to it (its
+        # pid is written to cgroup.procs before it execs Python), as systemd starts a
+        # `User=postgres` + `Delegate=yes` service.
+        python, reason = python_for_server_user(cluster)
+        if python is None:
+            pytest.skip(reason)
+        owner = [python, OWNER, "--mode", "protect", "--log", cluster.logfile, "--",
+                 *cluster.postgres_command(switch_user=False)]
+        command = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup,
+                   *cluster.as_server_user(owner)]
+        stdout = subprocess.PIPE
+    elif how == "protect":
+        command = [PYTHON, OWNER, "--mode", "protect", "--log", cluster.logfile, "--",
+                   *cluster.postgres_command()]
+        stdout = subprocess.PIPE
+    elif how == "library-unprivileged":
+        if not cluster.as_root:
+            pytest.skip("the suite runs as the server user already: 'library' is this case")
         python, mechanism = python_for_server_user(cluster)
         if python is None:
             pytest.skip(mechanism)
@@ -123,9 +142,9 @@ def lock_holders(cluster):
     return int(out)
 
 
-def prepare_crash(cluster, how):
+def prepare_crash(cluster, how, cgroup=None):
     """Server up under the wrapper, table created, lock held: return (wrapper, session, pids)."""
-    wrapper = start_wrapper(cluster, how)
+    wrapper = start_wrapper(cluster, how, cgroup)
     code, _, err = cluster.query(f"CREATE TABLE {LOCKED_RELATION} (id int)")
     assert code == 0, err
     session = LockingSession(cluster)
@@ -137,26 +156,52 @@ def prepare_crash(cluster, how):
     return wrapper, session, pids
 
 
-@pytest.mark.parametrize("how", ["library", "cli", "library-unprivileged"])
-def test_sigkill_of_wrapper_takes_the_cluster_down_and_restart_succeeds(cluster, how):
-    wrapper, session, pids = prepare_crash(cluster, how)
+@pytest.mark.parametrize("how", ["library", "cli", "library-unprivileged", "protect",
+                                 "protect-unprivileged"])
+def test_sigkill_of_wrapper_takes_the_cluster_down_and_restart_succeeds(cluster, request, how):
+    cgroup = request.getfixturevalue("delegated_cgroup") if how == "protect-unprivileged" else None
+    if how == "protect" and not cluster.as_root:
+        pytest.skip("as an ordinary user the wrapper needs a delegated cgroup: "
+                    "see protect-unprivileged")
+    wrapper, session, pids = prepare_crash(cluster, how, cgroup)
     try:
-        if how.startswith("library"):
+        if how.startswith(("library", "protect")):
             # The server answered, so the owner has already printed its report line.
-            mechanism = json.loads(wrapper.stdout.readline())["mechanism"]
+            report = json.loads(wrapper.stdout.readline())
+            mechanism = report["mechanism"]
             assert mechanism != "none"
             print(f"\n[{how}] mechanism={mechanism}", end="")
+        if how.startswith("protect"):
+            # protect_children() on Linux: the wrapper moved itself into a job cgroup, and
+            # the whole cluster (postmaster and every backend) was started inside it.
+            assert mechanism == "cgroup"
+            job_cgroup = cgroup_of(wrapper.pid)
+            assert job_cgroup not in (None, cgroup_of()), job_cgroup
+            if cgroup is not None:
+                delegated = "/" + os.path.relpath(cgroup, cgroup2_mount())
+                assert job_cgroup.startswith(delegated + "/"), (job_cgroup, delegated)
+            where = {pid: cgroup_of(pid) for pid in pids}
+            assert all(cg == job_cgroup for cg in where.values() if cg is not None), where
         os.kill(wrapper.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         assert wrapper.wait(10) == -signal.SIGKILL
 
-        gone = wait_until(lambda: not cluster.pids(), GONE_WITHIN)
+        gone = wait_until(lambda: not cluster.pids(), scaled(GONE_WITHIN))
         teardown = time.monotonic() - killed_at
         assert gone, (f"cluster processes still running {GONE_WITHIN} s after the wrapper died: "
                       f"{cluster.pids()} (were {pids})")
         print(f"\n[{how}] {len(pids)} cluster processes gone {teardown:.3f} s after SIGKILL "
               f"of the wrapper")
         assert not port_taken(cluster.port)
+        # Dead is not reaped: a killed postmaster is a zombie until its new parent (the
+        # nearest child subreaper, else PID 1) reaps it, and PostgreSQL's lock-file check
+        # takes a zombie's pid for a running postmaster. In a PID namespace pgjob's init
+        # reaps at once; after a cgroup kill that is the supervisor's job (systemd does it at
+        # once; this container's PID 1 takes up to ~2 s), so wait for it as a restart would.
+        reaped = wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids),
+                            scaled(15))
+        print(f"[{how}] reaped {time.monotonic() - killed_at:.3f} s after SIGKILL")
+        assert reaped, [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
     finally:
         session.close()
         if wrapper.stdout:

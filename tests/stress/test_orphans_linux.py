@@ -139,7 +139,8 @@ def _owner_round(mechanism, scenario, command, user=None, python=sys.executable,
         proc.wait(20)
         if command != "kill":
             assert proc.returncode == (0 if command == "exit" else 1), proc.stderr.read()
-        wait_until(lambda: all(start_time(p) != s for p, s in members), timeout=grace * orphans.TIMEOUT_SCALE)
+        wait_until(lambda: all(start_time(p) != s for p, s in members),
+                   timeout=grace * orphans.TIMEOUT_SCALE)
         left = [m for m in members if start_time(m[0]) == m[1]]
         return len(members), len(left), info
     finally:
@@ -194,10 +195,14 @@ def _unprivileged_python(uid):
 @pytest.mark.parametrize("uid", UNPRIVILEGED_UIDS)
 @pytest.mark.parametrize("scenario", ["mixed", "thread"])
 def test_unprivileged_owner_sigkilled_repeatedly_leaves_no_survivor(scenario, uid):
-    if os.geteuid() != 0:
+    if os.geteuid() == uid:
+        uid = None  # the suite runs as that user: the owner is simply our child
+        python = sys.executable
+    elif os.geteuid() != 0:
         pytest.skip("not root: can't switch to another uid (the suite itself also runs as an "
                     "ordinary user)")
-    python = _unprivileged_python(uid)
+    else:
+        python = _unprivileged_python(uid)
     if python is None:
         pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {uid} can run")
     members = survivors = 0
@@ -206,7 +211,8 @@ def test_unprivileged_owner_sigkilled_repeatedly_leaves_no_survivor(scenario, ui
         assert info["mechanism"] == "pid_namespace"
         members += n
         survivors += left
-    report(f"linux-orphans sigkill unprivileged uid {uid} pid_namespace/{scenario}",
+    report(f"linux-orphans sigkill unprivileged uid {uid or os.geteuid()} "
+           f"pid_namespace/{scenario}",
            repetitions=REPETITIONS, members=members, survivors=survivors)
     assert survivors == 0
 
@@ -236,11 +242,12 @@ def test_delegated_owner_sigkilled_repeatedly_leaves_no_survivor(mechanism, scen
         uid = TEST_UID
         python = _unprivileged_python(uid)
         if python is None:
-            pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {uid} can run")
+            pytest.skip(f"no Python {sys.version_info[0]}.{sys.version_info[1]} that uid {uid} "
+                        "can run")
     else:
         uid, python = None, sys.executable
-        own = os.path.join(orphans.cgroup2_mount() or "/nonexistent",
-                           orphans.own_cgroup().lstrip("/"))
+        delegated = os.environ.get("PGJOB_VM_DELEGATED_CGROUP") or orphans.own_cgroup()
+        own = os.path.join(orphans.cgroup2_mount() or "/nonexistent", delegated.lstrip("/"))
         if not os.access(os.path.join(own, "cgroup.procs"), os.W_OK):
             pytest.skip("this ordinary user's cgroup is not delegated to it")
     members = survivors = 0
