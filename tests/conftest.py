@@ -1,11 +1,17 @@
-"""Root test configuration: collect only the suites that can run on this platform, and say
-in pytest's header when deadlines are scaled (scripts/vm's guest: PGJOB_TIMEOUT_SCALE).
+"""Root test configuration: collect only the suites that can run on this platform, say in
+pytest's header when deadlines are scaled (scripts/vm's guest: PGJOB_TIMEOUT_SCALE), and
+with PGJOB_TEST_TIMEOUT=S fail a test that runs longer than S seconds instead of letting
+it hang the whole run (the VM stage: one hung test would otherwise cost a boot's results).
 
 tests/windows runs on Windows (and on Linux under Wine via scripts/winepy); tests/linux runs
 on Linux. Everything else (tests/cli, tests/common, ...) runs wherever pgjob imports.
 """
 import os
+import signal
 import sys
+import threading
+
+import pytest
 
 from proc_helpers import TIMEOUT_SCALE
 
@@ -25,3 +31,29 @@ def pytest_report_header(config):
         return f"pgjob: deadlines x{TIMEOUT_SCALE:g}{where}: PGJOB_TIMEOUT_SCALE"
     return None
 
+
+
+class RanTooLong(Exception):
+    """A test ran past PGJOB_TEST_TIMEOUT (not a TimeoutError: tests catch those)."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    limit = float(os.environ.get("PGJOB_TEST_TIMEOUT") or 0)
+    if limit <= 0 or not hasattr(signal, "setitimer") \
+            or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        # Raised in the main thread wherever it blocks (a read, a wait): the test fails,
+        # its finally blocks and fixtures clean up, and the run goes on.
+        raise RanTooLong(f"{item.nodeid} ran past PGJOB_TEST_TIMEOUT={limit:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
