@@ -264,32 +264,8 @@ def test_foreign_ids_give_what_subprocess_gives():
     assert result["outcomes"][-1][1] == ["exit", 0]
 
 
-# -- 4. protect_children() as an ordinary user ------------------------------------------------------
-
-def _protect_children_unprivileged():
-    assert pgjob._job._PROTECTION is None
-    assert len(os.listdir("/proc/self/task")) == 1
-    job = pgjob.protect_children(on_unavailable="raise")
-    with open("/proc/self/uid_map") as f:
-        uid_map = f.read().split()
-    out = subprocess.run(["sh", "-c", "id -u; readlink /proc/self/ns/pid"], capture_output=True,
-                         text=True, timeout=10)
-    return {"mechanism": job.mechanism, "uid_map": uid_map, "child": out.stdout.split(),
-            "returncode": out.returncode, "own_ns": os.readlink("/proc/self/ns/pid"),
-            "uid": os.geteuid(), "reaper": job._impl._reaper.pid}
-
-
-def test_protect_children_as_an_ordinary_user():
-    result = run_forked(_protect_children_unprivileged)
-    uid = result["uid"]
-    assert uid not in (0, 65534)
-    assert result["mechanism"] == "pid_namespace"
-    assert result["uid_map"] == [str(uid), str(uid), "1"]
-    assert result["returncode"] == 0
-    child_uid, child_ns = result["child"]
-    assert int(child_uid) == uid and child_ns != result["own_ns"]
-    # The reaper dies with the fork that made it (it has exited by now).
-    assert wait_until(lambda: _gone([result["reaper"]]), 10)
+# -- 4. protect_children() as an ordinary user: tests/linux/test_protect_children.py (it no
+# longer unshares anything; with and without a delegated cgroup) ---------------------------------
 
 
 # -- 5. the namespace's init killed ------------------------------------------------------------------
