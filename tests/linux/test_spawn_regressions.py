@@ -20,7 +20,7 @@ import pytest
 import pgjob
 import pgjob._records  # noqa: F401  imported now: a child that dropped to uid 1500 can't read /root
 from pgjob import _jobobject, _linux_spawn as _linux
-from conftest import SRC, alive, start_time
+from conftest import SRC, start_time
 from proc_helpers import wait_until
 
 pytestmark = pytest.mark.linux
