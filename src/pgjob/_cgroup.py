@@ -275,10 +275,10 @@ def _v1_mounts() -> dict:
 
 def choose_parent(h: Hierarchy, controllers: list) -> str:
     """The directory a job cgroup goes in (see docs/linux.md, "Where the job's cgroup goes"):
-    our own cgroup C if it has, or can enable for its children, every controller the limits
-    need; else C's parent when C holds processes (the no-internal-processes rule forbids
-    enabling them in C) and the parent has them and is writable; else UnsupportedError naming
-    what is missing."""
+    our own cgroup C if it has every controller the limits need in its subtree_control (or is
+    the root and can enable them); else C's parent, since C holds processes (the
+    no-internal-processes rule), if the parent has them and is writable; else
+    UnsupportedError naming what is missing."""
     own = h.own_dir
     if not controllers:
         if not os.access(own, os.W_OK) and own != h.mount:
@@ -308,31 +308,38 @@ def choose_parent(h: Hierarchy, controllers: list) -> str:
                if parent else " (the root of the hierarchy")
             + f"; cgroup2 mounted at {h.mount})"
             + (f"; {'; '.join(v1)} (a v1/v2 hybrid), which pgjob does not drive" if v1 else ""))
-    exc = _enable(h, own, missing)
-    if exc is None:
-        return own
+    if own == h.mount:
+        # Only the root cgroup may hold processes and give its children controllers.
+        exc = _enable(h, own, missing)
+        if exc is None:
+            return own
+        raise _refused(exc, f"enabling {', '.join(missing)} in {own}/cgroup.subtree_control", h)
+    # C holds this process, so its children may not have controllers (cgroup v2's
+    # no-internal-processes rule). C's subtree_control is never written: where the kernel
+    # accepts it anyway (seen in a delegated subtree on 6.1), every cgroup below C becomes
+    # an invalid domain that takes no process (EOPNOTSUPP). A sibling under C's parent gets
+    # them, if the parent has them and lets us in (a delegated subtree).
     parent = os.path.dirname(own)
-    if exc.errno == errno.EBUSY and own != h.mount and parent.startswith(h.mount):
-        # C holds processes (us, at least): its children may not have controllers then.
-        # A sibling under C's parent gets them, if the parent has them and lets us in.
+    if parent.startswith(h.mount):
+        why = (f"this process's cgroup {own} holds processes, so its children can't have "
+               "it (cgroup v2's no-internal-processes rule)")
         if all(c in _controllers(parent, "cgroup.subtree_control") for c in missing):
             if os.access(parent, os.W_OK) and os.access(os.path.join(parent, "cgroup.procs"),
                                                        os.W_OK):
-                logger.debug("cgroup: %s holds processes, so %s can't be enabled below it; "
-                             "using its parent %s", own, " ".join(missing), parent)
+                logger.debug("cgroup: %s can't be enabled below %s (it holds processes); "
+                             "using its parent %s", " ".join(missing), own, parent)
                 return parent
             raise UnsupportedError(
-                errno.EACCES, f"controller {', '.join(missing)}: this process's cgroup {own} "
-                f"holds processes, so its children can't have it (cgroup v2's "
-                f"no-internal-processes rule), and its parent {parent}, which has it, is not "
-                f"writable by uid {os.geteuid()} (cgroup2 mounted at {h.mount})")
+                errno.EACCES, f"controller {', '.join(missing)}: {why}, and its parent "
+                f"{parent}, which has it, is not writable by uid {os.geteuid()} (cgroup2 "
+                f"mounted at {h.mount})")
         raise UnsupportedError(
-            errno.EBUSY, f"controller {', '.join(missing)}: this process's cgroup {own} holds "
-            f"processes, so writing {own}/cgroup.subtree_control is refused (cgroup v2's "
-            "no-internal-processes rule), and its parent does not enable it either; run the "
-            f"program in a leaf cgroup below a delegated one that enables it (cgroup2 mounted "
-            f"at {h.mount})")
-    raise _refused(exc, f"enabling {', '.join(missing)} in {own}/cgroup.subtree_control", h)
+            errno.EBUSY, f"controller {', '.join(missing)}: {why}, and its parent's "
+            f"{parent}/cgroup.subtree_control does not enable it either; run the program in "
+            f"a leaf cgroup below a delegated one that enables it (cgroup2 mounted at "
+            f"{h.mount})")
+    raise UnsupportedError(errno.EBUSY, f"controller {', '.join(missing)}: {own} holds "
+                           f"processes and has no parent in the cgroup2 mount {h.mount}")
 
 
 def create_job_cgroup(h: Hierarchy, controllers: list) -> str:
