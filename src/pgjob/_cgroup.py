@@ -312,26 +312,30 @@ def choose_parent(h: Hierarchy, controllers: list) -> str:
     if exc is None:
         return own
     parent = os.path.dirname(own)
-    if exc.errno == errno.EBUSY and own != h.mount and parent.startswith(h.mount):
-        # C holds processes (us, at least): its children may not have controllers then.
-        # A sibling under C's parent gets them, if the parent has them and lets us in.
+    if (exc.errno in (errno.EBUSY, errno.EACCES, errno.EPERM) and own != h.mount
+            and parent.startswith(h.mount)):
+        # EBUSY: C holds processes (us, at least), so its children may not have controllers
+        # (the no-internal-processes rule); EACCES: C is a leaf made for us that we may not
+        # configure. A sibling under C's parent gets them, if the parent has them and lets
+        # us in (a delegated subtree).
+        why = (f"this process's cgroup {own} holds processes, so its children can't have "
+               "it (cgroup v2's no-internal-processes rule)" if exc.errno == errno.EBUSY else
+               f"uid {os.geteuid()} may not write {own}/cgroup.subtree_control")
         if all(c in _controllers(parent, "cgroup.subtree_control") for c in missing):
             if os.access(parent, os.W_OK) and os.access(os.path.join(parent, "cgroup.procs"),
                                                        os.W_OK):
-                logger.debug("cgroup: %s holds processes, so %s can't be enabled below it; "
-                             "using its parent %s", own, " ".join(missing), parent)
+                logger.debug("cgroup: %s can't be enabled below %s (%s); using its parent %s",
+                             " ".join(missing), own, exc.strerror, parent)
                 return parent
             raise UnsupportedError(
-                errno.EACCES, f"controller {', '.join(missing)}: this process's cgroup {own} "
-                f"holds processes, so its children can't have it (cgroup v2's "
-                f"no-internal-processes rule), and its parent {parent}, which has it, is not "
-                f"writable by uid {os.geteuid()} (cgroup2 mounted at {h.mount})")
+                errno.EACCES, f"controller {', '.join(missing)}: {why}, and its parent "
+                f"{parent}, which has it, is not writable by uid {os.geteuid()} (cgroup2 "
+                f"mounted at {h.mount})")
         raise UnsupportedError(
-            errno.EBUSY, f"controller {', '.join(missing)}: this process's cgroup {own} holds "
-            f"processes, so writing {own}/cgroup.subtree_control is refused (cgroup v2's "
-            "no-internal-processes rule), and its parent does not enable it either; run the "
-            f"program in a leaf cgroup below a delegated one that enables it (cgroup2 mounted "
-            f"at {h.mount})")
+            exc.errno, f"controller {', '.join(missing)}: {why}, and its parent's "
+            f"{parent}/cgroup.subtree_control does not enable it either; run the program in "
+            f"a leaf cgroup below a delegated one that enables it (cgroup2 mounted at "
+            f"{h.mount})")
     raise _refused(exc, f"enabling {', '.join(missing)} in {own}/cgroup.subtree_control", h)
 
 

@@ -105,7 +105,7 @@ def test_members_start_in_the_job_cgroup_and_the_watcher_outside(cgroup_job):
     impl = job._impl
     path = impl.cgroup_path
     assert os.path.basename(path).startswith(f"pgjob-{os.getpid()}-")
-    assert os.path.dirname(path) == h.own_dir
+    assert os.path.dirname(path) == _cgroup.choose_parent(h, [])
     p = job.popen(["sleep", "100"])
     assert p.spawn_path == "clone_into_cgroup"
     assert _cgroup_dir_of(p.pid, h) == path
@@ -292,11 +292,13 @@ def _settled(marker, owner):
     return found
 
 
-def _start_owner(mode, marker, user=None):
-    python = sys.executable if user is None else unprivileged_python(user)
+def _start_owner(mode, marker, user=None, wrapper=(), python=None):
+    if python is None:
+        python = sys.executable if user is None else unprivileged_python(user)
     kwargs = {} if user is None else dict(user=user, group=user, extra_groups=[], cwd="/")
-    owner = subprocess.Popen([python, "-c", OWNER, SRC, mode, marker], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    owner = subprocess.Popen([*wrapper, python, "-c", OWNER, SRC, mode, marker],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, **kwargs)
     line = owner.stdout.readline()
     if not line:
         owner.kill()
@@ -446,12 +448,15 @@ def test_protect_children_unavailable_leaves_the_process_as_it_was():
     threads and forks work."""
     h = _hierarchy_or_skip()
     marker = "pgjob-cg-" + uuid.uuid4().hex
-    owner, report = _start_owner("log", marker, user=1500)
+    user = 1500 if os.geteuid() == 0 else None  # else: this ordinary user itself
+    owner, report = _start_owner("log", marker, user=user)
     try:
         if report["mechanism"] == "cgroup":
-            pytest.skip(f"uid 1500 has a writable cgroup here ({report['before']}): delegated")
+            pytest.skip(f"uid {report['uid']} has a writable cgroup here ({report['before']}): "
+                        "delegated")
         assert report["mechanism"] == "none"
-        assert report["after"] == report["before"] and report["uid"] == 1500
+        assert report["after"] == report["before"]
+        assert report["uid"] == (1500 if user else os.getuid())
         assert report["fork_ok"]
         owner.stdin.close()
         owner.wait(10)
@@ -486,10 +491,9 @@ def test_protect_children_failure_half_way_is_undone(monkeypatch, caplog):
     """The move into the job cgroup refused (EACCES, injected: the kernel gives it on a
     cgroup.procs we may not write): logged, the process stays where it was, the job cgroup
     and its watcher are gone."""
-    h = _writable_or_skip()
+    _writable_or_skip()
     from pgjob import _job
     made = []
-    real_move = _cgroup.move
 
     def refuse(directory, pid, hierarchy):
         made.append(directory)
@@ -500,7 +504,6 @@ def test_protect_children_failure_half_way_is_undone(monkeypatch, caplog):
     monkeypatch.setattr(_cgroup, "move", refuse)
     monkeypatch.setattr(_job, "_PROTECTION", None)
     before = _cgroup.own_cgroup()
-    watchers_before = set(os.listdir("/proc"))
     with caplog.at_level(logging.WARNING, logger="pgjob"):
         job = pgjob.protect_children()
     monkeypatch.setattr(_job, "_PROTECTION", None)
@@ -509,7 +512,37 @@ def test_protect_children_failure_half_way_is_undone(monkeypatch, caplog):
     assert made and not os.path.exists(made[0])
     assert "orphan protection is off (mechanism=none)" in caplog.records[-1].getMessage()
     assert "error code 13" in caplog.records[-1].getMessage()
-    assert real_move is not refuse
+    # Its watcher (argv: pgjob-helper watch CGROUP ...) is gone too.
+    assert wait_until(lambda: not pids_with_argument(made[0]), 5 * SCALE)
+    threading.Thread(target=lambda: None).start()  # and the process works as before
+
+
+def test_delegated_user_protect_children_and_owner_sigkill(delegated_cgroup):
+    """An ordinary user in a delegated cgroup (as systemd's Delegate=yes gives one): the job
+    cgroup is made below it, every child lands there, and the owner's SIGKILL kills them."""
+    h = _hierarchy_or_skip()
+    marker = "pgjob-cg-" + uuid.uuid4().hex
+    owner, report = _start_owner("log", marker, wrapper=delegated_cgroup.wrapper,
+                                 python=delegated_cgroup.python)
+    try:
+        assert report["uid"] == delegated_cgroup.uid
+        assert report["mechanism"] == "cgroup", owner.stderr.read1().decode()
+        assert report["before"] == delegated_cgroup.relative
+        path = report["cgroup"]
+        assert os.path.dirname(path) in (delegated_cgroup.path,
+                                         os.path.dirname(delegated_cgroup.path))
+        assert wait_until(lambda: len(_settled(marker, owner.pid)) == 3, 10 * SCALE)
+        members = _settled(marker, owner.pid)
+        assert all(_cgroup_dir_of(pid, h) == path for pid in members)
+        assert _cgroup_dir_of(report["watcher"], h) == delegated_cgroup.path
+        owner.kill()
+        owner.wait(10)
+        assert wait_until(lambda: all(_gone(pid) for pid in members), 5 * SCALE), members
+        assert wait_until(lambda: not os.path.exists(path), 5 * SCALE)
+        assert wait_until(lambda: _gone(report["watcher"]), 5 * SCALE)
+    finally:
+        _finish(owner)
+        _kill_leftovers(marker)
 
 
 # -- limits, stats, OOM: where the controllers exist (the VM) -------------------------------------
