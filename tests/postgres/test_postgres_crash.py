@@ -126,10 +126,14 @@ class LockingSession:
 def root_of(pids):
     """The postmaster: the one process of the cluster whose parent is not in it."""
     def parent(pid):
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return None  # exited since the cluster was listed (a short-lived backend)
         return int(stat[stat.rindex(b")") + 2:].split()[1])
-    roots = [pid for pid in pids if parent(pid) not in pids]
+    parents = {pid: parent(pid) for pid in pids}
+    roots = [pid for pid, ppid in parents.items() if ppid is not None and ppid not in pids]
     assert len(roots) == 1, f"expected one postmaster among {pids}, found {roots}"
     return roots[0]
 
