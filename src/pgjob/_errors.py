@@ -140,7 +140,11 @@ def _class_for(exc: OSError, operation: str) -> type[JobError] | None:
         # Linux: the kernel, a sysctl (user.max_*_namespaces), seccomp or missing privileges
         # refuse a PID/user namespace. Not "already in a job": the feature is unavailable.
         return UnsupportedError
-    if code in (errno.EPERM, errno.EACCES) and operation in ("assign", "assign_current"):
+    if code in (errno.EPERM, errno.EACCES) and operation == "assign":
+        # Linux: moving another process into a cgroup, or lowering its limits, refused: we
+        # lack the right over that process (another user's). Not about jobs: PermissionError.
+        return None
+    if code in (errno.EPERM, errno.EACCES) and operation == "assign_current":
         return AlreadyInJobError
     if code == errno.EAGAIN and operation == "spawn":
         return LimitExceededError
