@@ -55,6 +55,7 @@ struct spawn_config {
     Py_ssize_t n_extra_groups;  /* -1: leave alone */
     uid_t uid;                  /* (uid_t)-1: leave alone */
     int child_umask;            /* -1: leave alone */
+    long long data_limit;       /* >= 0: lower RLIMIT_DATA (soft and hard) to it; -1: leave alone */
     int chdir_marker;           /* report a chdir failure as "noexec:chdir" (Python 3.13+) */
     sigset_t old_mask;          /* the spawning thread's mask, restored in the program */
     /* direct (pdeathsig) mode */
@@ -253,6 +254,20 @@ program_exec(const struct spawn_config *c)
     }
     if (c->child_umask >= 0)
         umask((mode_t)c->child_umask);
+    /* process_memory_limit: lowered, never raised, before the ids change (an unprivileged
+     * process may always lower its own limits), so the program starts with it and every
+     * process it creates inherits it. */
+    if (c->data_limit >= 0) {
+        struct rlimit data;
+        if (getrlimit(RLIMIT_DATA, &data) < 0)
+            goto error;
+        if (data.rlim_max == RLIM_INFINITY || data.rlim_max > (rlim_t)c->data_limit)
+            data.rlim_max = (rlim_t)c->data_limit;
+        if (data.rlim_cur == RLIM_INFINITY || data.rlim_cur > data.rlim_max)
+            data.rlim_cur = data.rlim_max;
+        if (setrlimit(RLIMIT_DATA, &data) < 0)
+            goto error;
+    }
     if (c->restore_signals) {
         signal(SIGPIPE, SIG_DFL);
         signal(SIGXFSZ, SIG_DFL);
@@ -721,14 +736,15 @@ fail:
 /* spawn(argv, executables, env, cwd, close_fds, fds_to_keep,
  *       p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,
  *       restore_signals, start_new_session, process_group, gid, extra_groups, uid, umask,
- *       pidns_fd, userns_fd, pdeathsig, chdir_marker, cgroup_fd)
+ *       pidns_fd, userns_fd, pdeathsig, chdir_marker, cgroup_fd, data_limit)
  * -> (pid, pidfd)
  *
  * pidns_fd >= 0: the program starts inside that PID namespace (entering userns_fd first if
  * it is >= 0), as a child of the calling process. pidns_fd == -1: a direct CLONE_VM|CLONE_VFORK
  * child, with PR_SET_PDEATHSIG(SIGKILL) if pdeathsig. Either way `pid` is the program's own
  * host pid and `pidfd` refers to it. cgroup_fd >= 0 (a directory fd of a cgroup v2): the
- * program is created in that cgroup by clone3(CLONE_INTO_CGROUP), never runs elsewhere. */
+ * program is created in that cgroup by clone3(CLONE_INTO_CGROUP), never runs elsewhere.
+ * data_limit >= 0: RLIMIT_DATA of the program, soft and hard, lowered to it (never raised). */
 PyObject *
 linux_spawn(PyObject *self, PyObject *args)
 {
@@ -750,14 +766,19 @@ linux_spawn(PyObject *self, PyObject *args)
     (void)self;
     memset(&c, 0, sizeof(c));
     c.cgroup_fd = -1;
-    if (!PyArg_ParseTuple(args, "OOOOpOiiiiiiiipplLOLiiipp|i:spawn",
+    c.data_limit = -1;
+    if (!PyArg_ParseTuple(args, "OOOOpOiiiiiiiipplLOLiiipp|iL:spawn",
                           &argv_obj, &exec_obj, &env_obj, &cwd_obj, &c.close_fds, &keep_obj,
                           &c.p2cread, &c.p2cwrite, &c.c2pread, &c.c2pwrite, &c.errread,
                           &c.errwrite, &c.errpipe_read, &c.errpipe_write, &c.restore_signals,
                           &c.start_new_session, &process_group, &gid, &groups_obj, &uid,
                           &umask_value, &c.pidns_fd, &c.userns_fd, &pdeathsig,
-                          &c.chdir_marker, &c.cgroup_fd))
+                          &c.chdir_marker, &c.cgroup_fd, &c.data_limit))
         return NULL;
+    if (c.data_limit < -1) {
+        PyErr_SetString(PyExc_ValueError, "data_limit must be -1 (none) or a byte count");
+        return NULL;
+    }
     c.process_group = (pid_t)process_group;
     if (id_from_long_long(gid, "gid", &id) < 0)
         return NULL;

@@ -136,6 +136,12 @@ class JobOptions:
             raise ValueError(f"mechanism must be one of {MECHANISMS} or None, got {self.mechanism!r}")
 
     @property
+    def group_limits(self) -> list:
+        """The limits set that cap the job as a whole (on Linux: cgroup v2 controllers)."""
+        return [f for f in ("memory_limit", "process_limit", "cpu_rate")
+                if getattr(self, f) is not None]
+
+    @property
     def has_limits(self) -> bool:
         return any(v is not None for v in (self.memory_limit, self.process_memory_limit,
                                            self.process_limit, self.cpu_rate))

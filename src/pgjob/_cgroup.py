@@ -18,9 +18,9 @@ from ._errors import ProcessExitedError, UnsupportedError
 from ._log import logger
 from ._procfs import _above_stdio, _close_quietly
 
-# Which controller each limit needs.
-LIMIT_CONTROLLERS = (("memory_limit", "memory"), ("process_memory_limit", "memory"),
-                     ("process_limit", "pids"), ("cpu_rate", "cpu"))
+# Which controller each limit needs. process_memory_limit needs none: it is each member's
+# RLIMIT_DATA (see _linux.lower_data_limit).
+LIMIT_CONTROLLERS = (("memory_limit", "memory"), ("process_limit", "pids"), ("cpu_rate", "cpu"))
 
 _COUNTER = itertools.count(1)
 

@@ -117,6 +117,7 @@ if sys.platform == "linux":
         pdeathsig: bool,
         chdir_marker: bool,
         cgroup_fd: int = -1,
+        data_limit: int = -1,
         /,
     ) -> tuple[int, int]: ...
     # linux_job.c

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import errno
 import os
+import resource
 import select
 import signal
 import threading
@@ -45,6 +46,18 @@ if TYPE_CHECKING:
     from ._records import JobEvent, JobStats
 
 
+def lower_data_limit(pid: int, limit: int) -> None:
+    """process_memory_limit for a running process: its RLIMIT_DATA, soft and hard, lowered to
+    `limit` (a lower one is kept; nothing is raised). pid 0: this process. PermissionError if
+    we may not change that process's limits (another user's, without CAP_SYS_RESOURCE)."""
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_DATA)
+    if hard == resource.RLIM_INFINITY or hard > limit:
+        hard = limit
+    if soft == resource.RLIM_INFINITY or soft > hard:
+        soft = hard
+    resource.prlimit(pid, resource.RLIMIT_DATA, (soft, hard))
+
+
 class _Member:
     """A process job.popen() started (the program itself, in both mechanisms)."""
 
@@ -63,6 +76,9 @@ class _LinuxJob(JobBackend):
 
     def __init__(self, options: JobOptions) -> None:
         self.options = options
+        # process_memory_limit: each member's RLIMIT_DATA, set between clone and exec.
+        self._data_limit = (-1 if options.process_memory_limit is None
+                            else options.process_memory_limit)
         self._lock = threading.Lock()
         self._members: list = []  # running (or not yet noted as exited)
         self._events: collections.deque = collections.deque()
@@ -285,7 +301,8 @@ class NamespaceJob(_LinuxJob):
         # so any thread may spawn.
         init = self._init
         try:
-            return _spawn(fork_exec_args, init.pidns_fd, init.userns_fd, False)
+            return _spawn(fork_exec_args, init.pidns_fd, init.userns_fd, False, -1,
+                          self._data_limit)
         except OSError as exc:
             # A namespace whose init has exited takes no new process: the kernel refuses the
             # clone with ENOMEM. Asking the init's pidfd tells that apart from a real ENOMEM.
@@ -361,8 +378,8 @@ class PdeathsigJob(_LinuxJob):
 
     def _spawn_member(self, fork_exec_args: tuple) -> tuple:
         if not self.options.kill_on_close:
-            return _spawn(fork_exec_args, -1, -1, False)
-        return _SPAWN_THREAD.call(_spawn, fork_exec_args, -1, -1, True)
+            return _spawn(fork_exec_args, -1, -1, False, -1, self._data_limit)
+        return _SPAWN_THREAD.call(_spawn, fork_exec_args, -1, -1, True, -1, self._data_limit)
 
     def __init__(self, options: JobOptions) -> None:
         super().__init__(options)
@@ -417,11 +434,6 @@ class CgroupJob(_LinuxJob):
     spawn_path = "clone_into_cgroup"
 
     def __init__(self, options: JobOptions) -> None:
-        if options.process_memory_limit is not None:
-            raise UnsupportedError(
-                errno.EOPNOTSUPP, "process_memory_limit: cgroup v2 limits the memory of a "
-                "group (memory.max), not of each process in it, and pgjob does not map it "
-                "yet; use memory_limit on a Job of its own per process")
         h = _cgroup.discover()
         controllers = _cgroup.needed_controllers(options)
         path = _cgroup.create_job_cgroup(h, controllers)
@@ -496,7 +508,7 @@ class CgroupJob(_LinuxJob):
     # membership
     def _spawn_member(self, fork_exec_args: tuple) -> tuple:
         # No PR_SET_PDEATHSIG: the watcher covers the whole cgroup, so any thread may spawn.
-        return _spawn(fork_exec_args, -1, -1, False, self._dirfd)
+        return _spawn(fork_exec_args, -1, -1, False, self._dirfd, self._data_limit)
 
     def assign(self, pid: int, handle: Optional[int]) -> None:
         try:
@@ -504,7 +516,16 @@ class CgroupJob(_LinuxJob):
         except ProcessLookupError as exc:
             raise ProcessExitedError(errno.ESRCH, f"no process with pid {pid}") from exc
         try:
+            if self._data_limit >= 0:
+                # Reading its limits takes the same permission as lowering them: a process
+                # whose limits we can't set is refused before it is moved.
+                resource.prlimit(pid, resource.RLIMIT_DATA)
             _cgroup.move(self._dir, pid, self._h)
+            if self._data_limit >= 0:
+                lower_data_limit(pid, self._data_limit)
+        except ProcessLookupError as exc:
+            os.close(pidfd)
+            raise ProcessExitedError(errno.ESRCH, f"process {pid} exited") from exc
         except BaseException:
             os.close(pidfd)
             raise
@@ -533,6 +554,14 @@ class CgroupJob(_LinuxJob):
                                    "cgroup.procs did not move this process there")
         self._holds_self = True
         self._before = before
+        if self._data_limit >= 0:
+            # Last, because it can't be undone: a lowered hard limit stays lowered. As on
+            # Windows, the process in the job has the per-process limit too.
+            try:
+                lower_data_limit(0, self._data_limit)
+            except BaseException:
+                self.leave()
+                raise
         logger.debug("cgroup: moved this process (pid %d, all threads) from %s into %s",
                      os.getpid(), before, self._dir)
 
@@ -702,7 +731,7 @@ class CgroupJob(_LinuxJob):
 
 
 def _limits_unsupported(options: JobOptions, name: str) -> UnsupportedError:
-    asked = [field for field, _ in _cgroup.LIMIT_CONTROLLERS if getattr(options, field) is not None]
+    asked = options.group_limits
     return UnsupportedError(
         errno.EOPNOTSUPP, f"{', '.join(asked)}: mechanism {name!r} enforces no limits; on "
         "Linux only mechanism 'cgroup' (cgroup v2 controllers) does")
@@ -725,8 +754,9 @@ def candidates(options: JobOptions, current_process: bool = False) -> list:
     """The mechanisms to try, best first, for a Job that did not name one. `current_process`:
     the job is for this process itself (protect_children()), and a process can't move itself
     into a PID namespace, only into a cgroup."""
-    if options.has_limits or current_process:
-        # Only a cgroup enforces limits: never fall back to something that would ignore them.
+    if options.group_limits or current_process:
+        # Only a cgroup enforces a job-wide limit: never fall back to one that would ignore it.
+        # (process_memory_limit is each member's RLIMIT_DATA: every mechanism sets it.)
         return ["cgroup"]
     return ["pid_namespace", "pdeathsig"]
 
@@ -738,7 +768,7 @@ def open_mechanism(name: str, options: JobOptions) -> JobBackend:
     if name == "cgroup":
         _reap_inits()
         return CgroupJob(options)
-    if options.has_limits:
+    if options.group_limits:
         raise _limits_unsupported(options, name)
     if name == "pdeathsig":
         return PdeathsigJob(options)

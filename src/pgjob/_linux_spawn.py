@@ -132,10 +132,11 @@ def _execute_child_with(execute_child, fork_exec):
 
 
 def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool,
-           cgroup_fd: int = -1) -> tuple:
+           cgroup_fd: int = -1, data_limit: int = -1) -> tuple:
     """Call _jobobject.spawn with what subprocess passed to _posixsubprocess.fork_exec;
     (pid, pidfd) of the program. cgroup_fd >= 0 (an O_DIRECTORY fd of a cgroup v2): the program
-    is created inside that cgroup (clone3 CLONE_INTO_CGROUP, Linux 5.7)."""
+    is created inside that cgroup (clone3 CLONE_INTO_CGROUP, Linux 5.7). data_limit >= 0: the
+    program's RLIMIT_DATA, soft and hard, is lowered to it before exec (process_memory_limit)."""
     if len(fork_exec_args) != len(_FORK_EXEC_ARGS):
         raise UnsupportedError(
             errno.EOPNOTSUPP, f"Python {sys.version_info[0]}.{sys.version_info[1]} called "
@@ -157,7 +158,7 @@ def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool
         bool(a["start_new_session"]), a.get("process_group", -1),
         -1 if gid is None else gid, None if groups is None else tuple(groups),
         -1 if uid is None else uid, a["umask"], pidns_fd, userns_fd, pdeathsig, _CHDIR_MARKER,
-        cgroup_fd)
+        cgroup_fd, data_limit)
 
 
 class _SpawnThread:

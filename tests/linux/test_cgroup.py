@@ -214,12 +214,6 @@ def test_limits_name_what_is_missing(job_factory):
                                   for d in leftovers)
 
 
-def test_process_memory_limit_is_refused_saying_why(job_factory):
-    _writable_or_skip()
-    with pytest.raises(pgjob.UnsupportedError, match="process_memory_limit"):
-        job_factory(process_memory_limit=10 ** 8)
-
-
 def test_pid_namespace_job_refuses_assign_current(job_factory):
     job = job_factory(mechanism="pid_namespace")
     before = os.readlink("/proc/thread-self/ns/pid_for_children")

@@ -127,7 +127,7 @@ def test_fuzz_job_options(options, positional):
         except VALIDATION:
             return
         try:
-            assert job.mechanism in ("job_object", "pid_namespace", "pdeathsig", "none")
+            assert job.mechanism in ("job_object", "pid_namespace", "cgroup", "pdeathsig", "none")
             assert not job.closed
             repr(job)
         finally:
