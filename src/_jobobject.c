@@ -73,9 +73,7 @@ static PyMethodDef jobobject_methods[] = {
      "start_init(clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig, helper_path)\n"
      "  -> (pid, pidfd, control_fd)\n\n"
      "Start `helper_path init` (clone CLONE_VM|CLONE_VFORK + execve) as the init of a new PID\n"
-     "namespace (or of the one unshare() made); returns once it is set up."},
-    {"unshare", linux_unshare, METH_VARARGS, "unshare(flags) -> None"},
-    {"setns", linux_setns, METH_VARARGS, "setns(fd, nstype) -> None"},
+     "namespace; returns once it runs the helper."},
 #endif
     {NULL, NULL, 0, NULL},
 };

@@ -105,10 +105,8 @@ char *pgjob_thread_stacks(void);
 pid_t pgjob_clone_vm(int (*fn)(void *), void *arg, char *stack, size_t stack_size, int flags,
                      int *pidfd, int cgroup_fd);
 
-/* linux_job.c: the job's init (and protect_children()'s reaper), unshare/setns */
+/* linux_job.c: a job's namespace init */
 PyObject *linux_start_init(PyObject *self, PyObject *args);
-PyObject *linux_unshare(PyObject *self, PyObject *args);
-PyObject *linux_setns(PyObject *self, PyObject *args);
 #endif /* __linux__ */
 
 #endif /* PGJOB_JOBOBJECT_H */

@@ -1,6 +1,7 @@
 /* linux_job.c: the life of a job's PID namespace: starting its init (PID 1: pgjob-helper's
  * `init` mode, src/helper/init.c, exec'd so that it holds no copy of the owner's memory),
- * and the unshare/setns wrappers protect_children() uses. */
+ * and nothing else: pgjob never unshares or setns()es a thread it does not give back
+ * (linux_spawn.c enters a job's namespace for one clone and returns at once). */
 #include "jobobject.h"
 
 #include <fcntl.h>
@@ -108,8 +109,7 @@ map_ids_of(pid_t pid, uid_t uid, gid_t gid)
  *
  * clone(clone_flags | CLONE_VM | CLONE_VFORK) a child that execs `helper_path init ...`:
  * PID 1 of a new PID namespace (CLONE_NEWPID, plus CLONE_NEWUSER without CAP_SYS_ADMIN, and
- * then map_ids: we write its id maps), or, with clone_flags 0 right after
- * unshare(CLONE_NEWPID), of the namespace this thread's children now go to. Returns once the
+ * then map_ids: we write its id maps). Returns once the
  * init runs pgjob-helper (exec'd, with its id maps written), without waiting for its setup;
  * control_fd (close-on-exec, above 2) is the owner's end
  * of a socket to it: write PGJOB_INIT_TERMINATE (answered with the same byte once the members
@@ -249,34 +249,4 @@ linux_start_init(PyObject *self, PyObject *args)
                 "pid %d, pidfd %d, control fd %d%s", flags, (int)pid, pidfd, sv[0],
                 map_ids ? ", ids mapped" : "");
     return Py_BuildValue("(iii)", (int)pid, pidfd, sv[0]);
-}
-
-/* unshare(flags) -> None */
-PyObject *
-linux_unshare(PyObject *self, PyObject *args)
-{
-    int flags;
-
-    (void)self;
-    if (!PyArg_ParseTuple(args, "i:unshare", &flags))
-        return NULL;
-    if (unshare(flags) < 0)
-        return pgjob_last_error("unshare");
-    PGJOB_TRACE("unshare(0x%x) -> 0", flags);
-    Py_RETURN_NONE;
-}
-
-/* setns(fd, nstype) -> None */
-PyObject *
-linux_setns(PyObject *self, PyObject *args)
-{
-    int fd, nstype;
-
-    (void)self;
-    if (!PyArg_ParseTuple(args, "ii:setns", &fd, &nstype))
-        return NULL;
-    if (setns(fd, nstype) < 0)
-        return pgjob_last_error("setns");
-    PGJOB_TRACE("setns(%d, 0x%x) -> 0", fd, nstype);
-    Py_RETURN_NONE;
 }

@@ -96,7 +96,7 @@ def _reap_inits(pidfd: int = -1) -> None:
 
 
 class _Init:
-    """PID 1 of a namespace pgjob made (a job's, or protect_children()'s reaper), and the
+    """PID 1 of a job's PID namespace (pgjob-helper init), and the
     descriptors that reach it: its pidfd, the control socket, the namespace files to setns."""
 
     __slots__ = ("pid", "pidfd", "control", "pidns_fd", "userns_fd", "namespace", "_lock",
