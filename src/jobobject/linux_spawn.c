@@ -601,10 +601,14 @@ spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
 
 /* ---- argument conversion (GIL held) ---- */
 
-/* A NULL-terminated char* array pointing into the bytes objects of `seq`, through a tuple
- * of our own (kept in *keep). A tuple, not PySequence_Fast: that returns a list as itself,
- * and the children read these strings with the GIL released, while another thread could
- * replace the list's items and free the bytes they point into. */
+static int id_from_long_long(long long value, const char *what, unsigned int *out);
+
+/* A NULL-terminated char* array pointing into bytes objects of our own, kept in *keep: each
+ * item of `seq` as _posixsubprocess converts it (PyUnicode_FSConverter: bytes as they are,
+ * str and os.PathLike encoded with the filesystem encoding). A snapshot tuple first, not
+ * PySequence_Fast: that returns a list as itself, and the children read these strings with
+ * the GIL released, while another thread (or an item's __fspath__) could replace the list's
+ * items and free the bytes they point into. */
 static char **
 bytes_array(PyObject *seq, const char *what, PyObject **keep)
 {
@@ -612,34 +616,55 @@ bytes_array(PyObject *seq, const char *what, PyObject **keep)
         PyErr_Format(PyExc_TypeError, "%s must be a list or tuple", what);
         return NULL;
     }
-    PyObject *fast = PySequence_Tuple(seq);
-    if (fast == NULL)
+    PyObject *snapshot = PySequence_Tuple(seq);
+    if (snapshot == NULL)
         return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(fast);
+    Py_ssize_t n = PyTuple_GET_SIZE(snapshot);
+    PyObject *owned = PyTuple_New(n);
     char **array = PyMem_Calloc((size_t)n + 1, sizeof(char *));
-    if (array == NULL) {
-        Py_DECREF(fast);
-        PyErr_NoMemory();
-        return NULL;
+    if (owned == NULL || array == NULL) {
+        if (array == NULL)
+            PyErr_NoMemory();
+        goto fail;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyTuple_GET_ITEM(fast, i);
-        if (!PyBytes_Check(item)) {
-            PyErr_Format(PyExc_TypeError, "%s must contain bytes", what);
+        PyObject *item = PyTuple_GET_ITEM(snapshot, i), *converted = NULL;
+        if (PyBytes_CheckExact(item)) {
+            Py_INCREF(item);
+            converted = item;
+        } else if (!PyUnicode_FSConverter(item, &converted)) {
             goto fail;
         }
-        if ((size_t)PyBytes_GET_SIZE(item) != strlen(PyBytes_AS_STRING(item))) {
+        PyTuple_SET_ITEM(owned, i, converted);
+        if ((size_t)PyBytes_GET_SIZE(converted) != strlen(PyBytes_AS_STRING(converted))) {
             PyErr_SetString(PyExc_ValueError, "embedded null byte");
             goto fail;
         }
-        array[i] = PyBytes_AS_STRING(item);
+        array[i] = PyBytes_AS_STRING(converted);
     }
-    *keep = fast;
+    Py_DECREF(snapshot);
+    *keep = owned;
     return array;
 fail:
     PyMem_Free(array);
-    Py_DECREF(fast);
+    Py_XDECREF(owned);
+    Py_DECREF(snapshot);
     return NULL;
+}
+
+/* A uid or gid argument: None or -1 (leave it), else 0 .. 2**32-1. */
+static int
+id_argument(PyObject *value, const char *what, unsigned int *out)
+{
+    long long v;
+    if (value == Py_None) {
+        *out = (unsigned int)-1;
+        return 0;
+    }
+    v = PyLong_AsLongLong(value);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    return id_from_long_long(v, what, out);
 }
 
 /* fds_to_keep as _posixsubprocess checks it: a tuple of non-negative ints, sorted and
@@ -749,10 +774,10 @@ PyObject *
 linux_spawn(PyObject *self, PyObject *args)
 {
     PyObject *argv_obj, *exec_obj, *env_obj, *cwd_obj, *keep_obj, *groups_obj;
-    PyObject *argv_keep = NULL, *exec_keep = NULL, *env_keep = NULL;
+    PyObject *argv_keep = NULL, *exec_keep = NULL, *env_keep = NULL, *cwd_keep = NULL;
+    PyObject *gid_obj, *uid_obj;
     struct spawn_config c;
     long process_group;
-    long long gid, uid;
     unsigned int id;
     int pdeathsig, umask_value;
     int *keep = NULL;
@@ -767,12 +792,12 @@ linux_spawn(PyObject *self, PyObject *args)
     memset(&c, 0, sizeof(c));
     c.cgroup_fd = -1;
     c.data_limit = -1;
-    if (!PyArg_ParseTuple(args, "OOOOpOiiiiiiiipplLOLiiipp|iL:spawn",
+    if (!PyArg_ParseTuple(args, "OOOOpOiiiiiiiipplOOOiiipp|iL:spawn",
                           &argv_obj, &exec_obj, &env_obj, &cwd_obj, &c.close_fds, &keep_obj,
                           &c.p2cread, &c.p2cwrite, &c.c2pread, &c.c2pwrite, &c.errread,
                           &c.errwrite, &c.errpipe_read, &c.errpipe_write, &c.restore_signals,
-                          &c.start_new_session, &process_group, &gid, &groups_obj, &uid,
-                          &umask_value, &c.pidns_fd, &c.userns_fd, &pdeathsig,
+                          &c.start_new_session, &process_group, &gid_obj, &groups_obj,
+                          &uid_obj, &umask_value, &c.pidns_fd, &c.userns_fd, &pdeathsig,
                           &c.chdir_marker, &c.cgroup_fd, &c.data_limit))
         return NULL;
     if (c.data_limit < -1) {
@@ -780,10 +805,10 @@ linux_spawn(PyObject *self, PyObject *args)
         return NULL;
     }
     c.process_group = (pid_t)process_group;
-    if (id_from_long_long(gid, "gid", &id) < 0)
+    if (id_argument(gid_obj, "gid", &id) < 0)
         return NULL;
     c.gid = (gid_t)id;
-    if (id_from_long_long(uid, "uid", &id) < 0)
+    if (id_argument(uid_obj, "uid", &id) < 0)
         return NULL;
     c.uid = (uid_t)id;
     c.child_umask = umask_value;
@@ -795,15 +820,10 @@ linux_spawn(PyObject *self, PyObject *args)
     if (env_obj != Py_None && (c.envp = bytes_array(env_obj, "env", &env_keep)) == NULL)
         goto done;
     if (cwd_obj != Py_None) {
-        if (!PyBytes_Check(cwd_obj)) {
-            PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
+        /* str, bytes or os.PathLike, as _posixsubprocess takes it (it rejects a null byte) */
+        if (!PyUnicode_FSConverter(cwd_obj, &cwd_keep))
             goto done;
-        }
-        if ((size_t)PyBytes_GET_SIZE(cwd_obj) != strlen(PyBytes_AS_STRING(cwd_obj))) {
-            PyErr_SetString(PyExc_ValueError, "embedded null byte");
-            goto done;
-        }
-        c.cwd = PyBytes_AS_STRING(cwd_obj);
+        c.cwd = PyBytes_AS_STRING(cwd_keep);
     }
     if (fds_to_keep_array(keep_obj, &keep, &c.n_fds_to_keep) < 0)
         goto done;
@@ -867,6 +887,7 @@ done:
     Py_XDECREF(argv_keep);
     Py_XDECREF(exec_keep);
     Py_XDECREF(env_keep);
+    Py_XDECREF(cwd_keep);
     if (failed != NULL && result == NULL && !PyErr_Occurred())
         return pgjob_oserror(failed, (unsigned long)saved_errno);
     return result;

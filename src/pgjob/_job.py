@@ -6,7 +6,6 @@ The OS work is delegated to exactly one backend module, chosen once at import.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import math
 import numbers
@@ -59,6 +58,28 @@ def _check_pid(pid: object) -> int:
     return int(pid)
 
 
+class _Borrow:
+    """Job._use(): a class, not a contextlib generator (cheaper, and spawns are frequent)."""
+
+    __slots__ = ("job", "operation", "impl")
+
+    def __init__(self, job: "Job", operation: str) -> None:
+        self.job = job
+        self.operation = operation
+
+    def __enter__(self) -> JobBackend:
+        self.impl = self.job._borrow(self.operation)
+        return self.impl
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        try:
+            if exc is not None:
+                self.job._classify_failure(self.impl, exc, self.operation)
+            return False
+        finally:
+            self.job._give_back(self.impl)
+
+
 class Job:
     """A group of processes that dies as one: with kill_on_close, when the Job is closed or
     its owner dies by any means, the OS kills every member.
@@ -100,6 +121,7 @@ class Job:
         self._impl: Optional[JobBackend] = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when the last borrower returns
+        self._detaching = 0  # threads in detach() waiting on _idle
         self._users = 0
         self._release_pending = False
         self._owner = os.getpid()
@@ -191,14 +213,18 @@ class Job:
                                      f"({self._gone_reason})")
         return JobClosedError(9, f"cannot {operation}: the job is closed")
 
-    @contextlib.contextmanager
-    def _use(self, operation: str) -> Iterator[JobBackend]:
-        """Borrow the backend for one operation; classify what it raises.
+    def _use(self, operation: str) -> "_Borrow":
+        """Borrow the backend for one operation (`with job._use("spawn") as impl:`); classify
+        what it raises.
 
         close() or detach() from another thread while we are inside only marks the job
         closed; the OS handle is released when the last borrower returns, so a handle value
         is never reused under a running syscall.
         """
+        return _Borrow(self, operation)
+
+    def _borrow(self, operation: str) -> JobBackend:
+        """The start of a borrow (_use): the backend, counted as in use."""
         if self._owner != os.getpid():
             # A fork whose at-fork hook did not run (a raw fork syscall): inert all the same.
             self._forget_after_fork()
@@ -207,34 +233,37 @@ class Job:
             if impl is None:
                 raise self._closed_error(operation)
             self._users += 1
-        try:
-            yield impl
-        except JobClosedError as exc:
+        return impl
+
+    def _classify_failure(self, impl: JobBackend, exc: BaseException, operation: str) -> None:
+        """What a borrow does with the backend's exception: a JobClosedError (the OS object
+        is gone) closes the Job; another OSError is classified, and raised as the class it
+        means (from the original) if that differs. Returns when `exc` stands as it is."""
+        if isinstance(exc, JobClosedError):
             self._gone(impl, exc)
-            raise
-        except JobError:
-            raise
-        except OSError as exc:
+        elif isinstance(exc, OSError) and not isinstance(exc, JobError):
             # (A target that exited mid-call is detected by the backend, at the lowest layer.)
             err = _errors.classify(exc, operation)
             if isinstance(err, JobClosedError):
                 self._gone(impl, err)
-            if err is exc:
-                raise
-            raise err from exc
-        finally:
-            with self._lock:
-                self._users -= 1
-                release = self._users == 0 and self._release_pending
-                if release:
-                    self._release_pending = False
-                if self._users == 0:
-                    self._idle.notify_all()
+            if err is not exc:
+                raise err from exc
+
+    def _give_back(self, impl: JobBackend) -> None:
+        """The end of a borrow (_use): the last borrower releases an object closed meanwhile,
+        and wakes a detach() waiting for the borrowers to leave."""
+        with self._lock:
+            self._users -= 1
+            release = self._users == 0 and self._release_pending
             if release:
-                try:
-                    impl.close()
-                except OSError as exc:  # an object already gone can fail to close: say so, go on
-                    logger.debug("releasing the job's OS object: %s", exc)
+                self._release_pending = False
+            if self._users == 0 and self._detaching:
+                self._idle.notify_all()
+        if release:
+            try:
+                impl.close()
+            except OSError as exc:  # an object already gone can fail to close: say so, go on
+                logger.debug("releasing the job's OS object: %s", exc)
 
     def _gone(self, impl: JobBackend, err: BaseException) -> None:
         """The backend says its OS object is gone (a namespace's init was killed, a handle
@@ -402,8 +431,12 @@ class Job:
             if impl is None:
                 raise self._closed_error("detach")
             self._impl = None
-            while self._users:
-                self._idle.wait()
+            self._detaching += 1
+            try:
+                while self._users:
+                    self._idle.wait()
+            finally:
+                self._detaching -= 1
         return impl.detach()
 
     def __enter__(self) -> "Job":
@@ -432,6 +465,7 @@ class Job:
         # The parent's lock may have been held by a thread that does not exist here.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._detaching = 0
         self._users = 0
         self._release_pending = False
         if impl is not None:
@@ -449,8 +483,17 @@ class Job:
             old.close()
 
     def _execute_child(self, popen: "Popen", execute_child: Any, args: tuple) -> None:
-        with self._use("spawn") as impl:
+        # `with self._use("spawn") as impl:`, written out: every spawn comes through here.
+        impl = self._borrow("spawn")
+        try:
             impl.execute_child(popen, execute_child, args)
+        except BaseException as exc:
+            try:
+                self._classify_failure(impl, exc, "spawn")
+            finally:
+                self._give_back(impl)
+            raise
+        self._give_back(impl)
         logger.debug("spawned pid %s in the job (%s)", popen.pid,
                      getattr(popen, "spawn_path", None) or self._mechanism)
 

@@ -1,7 +1,11 @@
 # Type stub for pgjob._jobobject, the C extension (src/_jobobject.c's method table).
 # Windows functions exist only on Windows, Linux ones only on Linux: sys.platform checks let
 # mypy see exactly what the module has on the platform it checks for.
+import os
 import sys
+from typing import Sequence, Union
+
+StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 TRACE: int
 PLATFORM: str  # "windows", "linux" or "other"
@@ -91,11 +95,11 @@ if sys.platform == "win32":
 if sys.platform == "linux":
     # linux_spawn.c
     def spawn(
-        argv: list[bytes] | tuple[bytes, ...],
-        executables: list[bytes] | tuple[bytes, ...],
-        env: list[bytes] | tuple[bytes, ...] | None,
-        cwd: bytes | None,
-        close_fds: bool,
+        argv: list[StrOrBytesPath] | tuple[StrOrBytesPath, ...],
+        executables: list[StrOrBytesPath] | tuple[StrOrBytesPath, ...],
+        env: list[StrOrBytesPath] | tuple[StrOrBytesPath, ...] | None,
+        cwd: StrOrBytesPath | None,
+        close_fds: object,
         fds_to_keep: tuple[int, ...],
         p2cread: int,
         p2cwrite: int,
@@ -105,12 +109,12 @@ if sys.platform == "linux":
         errwrite: int,
         errpipe_read: int,
         errpipe_write: int,
-        restore_signals: bool,
-        start_new_session: bool,
+        restore_signals: object,
+        start_new_session: object,
         process_group: int,
-        gid: int,
-        extra_groups: tuple[int, ...] | None,
-        uid: int,
+        gid: int | None,
+        extra_groups: Sequence[int] | None,
+        uid: int | None,
         umask: int,
         pidns_fd: int,
         userns_fd: int,
@@ -125,8 +129,6 @@ if sys.platform == "linux":
         clone_flags: int, map_ids: bool, on_owner_exit: int, on_eof: int, arm_pdeathsig: bool,
         helper_path: str | bytes, /
     ) -> tuple[int, int, int]: ...
-    def unshare(flags: int, /) -> None: ...
-    def setns(fd: int, nstype: int, /) -> None: ...
 
     CLONE_NEWPID: int
     CLONE_NEWUSER: int

@@ -37,7 +37,7 @@ from ._errors import JobClosedError, ProcessExitedError, UnsupportedError
 from ._log import logger
 from . import _cgroup
 from ._linux_helpers import _HOLDERS, _Init, _reap_inits, _start_job_init
-from ._linux_spawn import _SPAWN_THREAD, _execute_child_with, _spawn
+from ._linux_spawn import _SPAWN_THREAD, _spawn, run_execute_child
 from ._procfs import (_above_stdio, _close_quietly, _cpu_times, _descendants, _namespace_members,
                       _nspid_depth, _open_above_stdio, _pid_namespace, _pipe_above_stdio,
                       _running, _signal_quietly, _stat_fields)
@@ -81,13 +81,20 @@ class _LinuxJob(JobBackend):
                             else options.process_memory_limit)
         self._lock = threading.Lock()
         self._members: list = []  # running (or not yet noted as exited)
+        # Every member's pidfd, registered once: a spawn's look for exited members is then one
+        # poll(0), not a poll object and a register per member.
+        self._exit_poller = select.poll()
+        # (kind, pid) pairs; next_event() makes the JobEvent (a frozen dataclass costs a
+        # microsecond to build, and most jobs never read their events).
         self._events: collections.deque = collections.deque()
+        self._waiting = 0  # threads inside next_event()'s poll: the ones a spawn must wake
         self._started = 0
         self._zero_pending = False  # a member started since the last ACTIVE_PROCESS_ZERO
         self._closed = False
         self._forked_from: Optional[int] = None  # set in a fork's copy: the owner's pid
-        # Lets next_event() wake up when a process is started while it waits.
-        self._wake_read, self._wake_write = _pipe_above_stdio()
+        # Lets next_event() wake up when a process is started while it waits; made by the
+        # first next_event() (most jobs are never waited on for events).
+        self._wake_read = self._wake_write = -1
         _HOLDERS.add(self)
 
     def after_fork_in_child(self, owner: int) -> None:
@@ -98,6 +105,7 @@ class _LinuxJob(JobBackend):
         self._forked_from = owner
         self._closed = True
         members, self._members = self._members, []
+        self._exit_poller = select.poll()
         for fd in [m.pidfd for m in members] + [self._wake_read, self._wake_write]:
             _close_quietly(fd)
         self._wake_read = self._wake_write = -1
@@ -122,26 +130,29 @@ class _LinuxJob(JobBackend):
                 "it (pid %d) the job is inert and can start no processes" % os.getpid())
 
         def fork_exec(*fork_exec_args):
-            self._note_exits()
+            if self._members:
+                self._note_exits()
             pid, pidfd = self._spawn_member(fork_exec_args)
             with self._lock:
                 if self._closed:  # close() raced with this spawn: don't leave it running
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                     os.close(pidfd)
-                else:
-                    self._members.append(_Member(pid, pidfd))
-                    self._started += 1
-                    self._zero_pending = True
-                    self._events.append(_records.JobEvent(EventKind.NEW_PROCESS, pid))
-            logger.debug("%s: pid %d, pidfd %d", self.spawn_path, pid, pidfd)
-            try:
-                os.write(self._wake_write, b"!")
-            except OSError:
-                pass  # the pipe is full: next_event() is awake anyway
+                    return pid
+                self._members.append(_Member(pid, pidfd))  # _add_member(), inline
+                self._exit_poller.register(pidfd, select.POLLIN)
+                self._started += 1
+                self._zero_pending = True
+                self._events.append((EventKind.NEW_PROCESS, pid))
+                wake = self._waiting > 0
+            if wake:
+                try:
+                    os.write(self._wake_write, b"!")
+                except OSError:
+                    pass  # the pipe is full: next_event() is awake anyway
             return pid
 
         popen.spawn_path = self.spawn_path
-        _execute_child_with(execute_child, fork_exec)(popen, *args)
+        run_execute_child(execute_child, fork_exec, popen, args)
 
     def assign(self, pid: int, handle: Optional[int]) -> None:
         raise UnsupportedError(
@@ -153,25 +164,32 @@ class _LinuxJob(JobBackend):
             errno.EOPNOTSUPP, f"mechanism {self.mechanism!r} can't cover children this process "
             "creates by other means (subprocess, os.system): that needs a PID namespace")
 
+    def _add_member(self, pid: int, pidfd: int) -> None:
+        """With the lock held."""
+        self._members.append(_Member(pid, pidfd))
+        self._exit_poller.register(pidfd, select.POLLIN)
+
     def _note_exits(self) -> list:
         """Mark members whose pidfd turned readable (the process exited), queue their
         EXIT_PROCESS and close their pidfd (a long-lived job must not hold one descriptor per
         process it ever started); return the live ones."""
-        # Under the lock throughout: another thread must not poll a pidfd we close.
+        # Under the lock throughout: another thread must not poll a pidfd we close (nor the
+        # poll object: it refuses concurrent use).
         with self._lock:
             if not self._members:
                 return []
-            poller = select.poll()
-            for m in self._members:
-                poller.register(m.pidfd, select.POLLIN)
-            ready = {fd for fd, _ in poller.poll(0)}
+            ready = self._exit_poller.poll(0)
+            if not ready:
+                return list(self._members)
+            exited = {fd for fd, _ in ready}
             live = []
             for m in self._members:
-                if m.pidfd not in ready:
+                if m.pidfd not in exited:
                     live.append(m)
                     continue
                 self._member_exited(m.pid)
-                self._events.append(_records.JobEvent(EventKind.EXIT_PROCESS, m.pid))
+                self._events.append((EventKind.EXIT_PROCESS, m.pid))
+                self._exit_poller.unregister(m.pidfd)
                 os.close(m.pidfd)
             self._members = live
             return list(live)
@@ -187,7 +205,7 @@ class _LinuxJob(JobBackend):
             with self._lock:
                 if self._zero_pending:
                     self._zero_pending = False
-                    self._events.append(_records.JobEvent(EventKind.ACTIVE_PROCESS_ZERO))
+                    self._events.append((EventKind.ACTIVE_PROCESS_ZERO, None))
         return live
 
     def stats(self) -> JobStats:
@@ -203,21 +221,31 @@ class _LinuxJob(JobBackend):
             live = self._poll_exits()
             with self._lock:
                 if self._events:
-                    return self._events.popleft()
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            poller = select.poll()
-            poller.register(self._wake_read, select.POLLIN)
-            for m in live:
-                poller.register(m.pidfd, select.POLLIN)
-            for fd in self._event_fds():
-                poller.register(fd, select.POLLPRI)
-            poller.poll(self._poll_slice_ms(live, remaining))
+                    kind, pid = self._events.popleft()
+                    return _records.JobEvent(kind, pid)
+                # Counted under the lock that queues NEW_PROCESS: a spawn either queued its
+                # event before we looked, or sees us waiting and writes the wake pipe.
+                if self._wake_read < 0:
+                    self._wake_read, self._wake_write = _pipe_above_stdio()
+                self._waiting += 1
             try:
-                os.read(self._wake_read, 4096)
-            except BlockingIOError:
-                pass
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                poller = select.poll()
+                poller.register(self._wake_read, select.POLLIN)
+                for m in live:
+                    poller.register(m.pidfd, select.POLLIN)
+                for fd in self._event_fds():
+                    poller.register(fd, select.POLLPRI)
+                poller.poll(self._poll_slice_ms(live, remaining))
+                try:
+                    os.read(self._wake_read, 4096)
+                except BlockingIOError:
+                    pass
+            finally:
+                with self._lock:
+                    self._waiting -= 1
 
     def _poll_slice_ms(self, live: list, remaining: Optional[float]) -> Optional[int]:
         """How long to sleep in poll(): members we hold no pidfd for (daemons, grandchildren)
@@ -274,6 +302,7 @@ class _LinuxJob(JobBackend):
     def _release(self) -> None:
         with self._lock:
             members, self._members = self._members, []
+            self._exit_poller = select.poll()
         for m in members:
             os.close(m.pidfd)
         for fd in (self._wake_read, self._wake_write):
@@ -530,7 +559,7 @@ class CgroupJob(_LinuxJob):
             os.close(pidfd)
             raise
         with self._lock:
-            self._members.append(_Member(pid, pidfd))
+            self._add_member(pid, pidfd)
             self._zero_pending = True
         logger.debug("cgroup: moved pid %d into %s", pid, self._dir)
 
@@ -616,7 +645,7 @@ class CgroupJob(_LinuxJob):
             with self._lock:
                 if counters[key] > self._counters[key]:
                     self._counters[key] = counters[key]
-                    self._events.append(_records.JobEvent(kind))
+                    self._events.append((kind, None))
         return live
 
     def stats(self) -> JobStats:

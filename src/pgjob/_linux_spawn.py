@@ -116,19 +116,80 @@ class _PosixsubprocessWithJob:
         return getattr(self._module, name)
 
 
-def _execute_child_with(execute_child, fork_exec):
+class _Routed(threading.local):
+    """Per thread: Popen._execute_child rebuilt on a namespace of our own (a copy of
+    subprocess's globals with fork_exec routed), and the fork_exec of the call running in
+    this thread. Building that function and namespace is a dict copy and a new function per
+    spawn, and a new dict every time leaves the interpreter's global-lookup caches cold; per
+    thread, because a namespace shared by threads would let one thread's refresh (below) show
+    another thread subprocess's own fork_exec for an instant."""
+
+    def __init__(self) -> None:
+        self.functions: dict = {}  # execute_child -> (namespace, rebuilt function)
+        self.fork_exec = None
+
+
+_ROUTED = _Routed()
+
+
+def _routed_fork_exec(*args):
+    """What the rebuilt _execute_child calls instead of fork_exec: the current call's hook."""
+    return _ROUTED.fork_exec(*args)
+
+
+_POSIXSUBPROCESS_ROUTED = _PosixsubprocessWithJob(_routed_fork_exec)
+
+
+def run_execute_child(execute_child, fork_exec, popen, args: tuple) -> None:
+    """Run Popen._execute_child (the function `execute_child`) for `popen` with its fork_exec
+    call going to `fork_exec`. Re-entrant: an audit hook that starts a process of its own
+    inside the call (subprocess raises its audit event before fork_exec) gets its own hook,
+    and ours is back when it returns."""
     if _INTERFACE_PROBLEM is not None:
         raise UnsupportedError(errno.EOPNOTSUPP, f"{_INTERFACE_PROBLEM}: job.popen() is "
                                "unavailable on this Python")
-    namespace = dict(execute_child.__globals__)
-    # posix_spawn would bypass fork_exec: always take the fork_exec path.
-    namespace["_USE_POSIX_SPAWN"] = False
+    routed = _ROUTED
+    found = routed.functions.get(execute_child)
+    if found is None:
+        namespace = dict(execute_child.__globals__)
+        function = types.FunctionType(execute_child.__code__, namespace, execute_child.__name__,
+                                      execute_child.__defaults__, execute_child.__closure__)
+        routed.functions[execute_child] = found = (namespace, function)
+    namespace, function = found
+    # subprocess's globals as they are now (a program may have rebound one since), then ours:
+    # the same keys every time, so the interpreter's lookup caches stay valid.
+    namespace.update(execute_child.__globals__)
+    namespace["_USE_POSIX_SPAWN"] = False  # posix_spawn would bypass fork_exec
+    outer, routed.fork_exec = routed.fork_exec, fork_exec
     if _FORK_EXEC_HOOK == "_fork_exec":
         namespace["_fork_exec"] = fork_exec
     else:
-        namespace["_posixsubprocess"] = _PosixsubprocessWithJob(fork_exec)
-    return types.FunctionType(execute_child.__code__, namespace, execute_child.__name__,
-                              execute_child.__defaults__, execute_child.__closure__)
+        namespace["_posixsubprocess"] = _POSIXSUBPROCESS_ROUTED
+    try:
+        function(popen, *args)
+    finally:
+        # Back to the outer call's hook, or to none: the namespace must not keep this call's
+        # hook (and through it the Popen and the job) alive.
+        routed.fork_exec = outer
+        if _FORK_EXEC_HOOK == "_fork_exec":
+            namespace["_fork_exec"] = _routed_fork_exec if outer is None else outer
+
+
+def _spawn_fields(names: tuple):
+    """(picker, preexec_fn index) for the fork_exec argument names of this Python: the picker
+    takes fork_exec's arguments plus _MISSING and returns _jobobject.spawn's leading ones."""
+    import operator
+    wanted = ("args", "executables", "env", "cwd", "close_fds", "fds_to_keep", "p2cread",
+              "p2cwrite", "c2pread", "c2pwrite", "errread", "errwrite", "errpipe_read",
+              "errpipe_write", "restore_signals", "start_new_session", "process_group", "gid",
+              "groups", "uid", "umask")
+    # A name this Python does not pass (process_group before 3.11) reads _MISSING's value.
+    index = [names.index(n) if n in names else len(names) for n in wanted]
+    return operator.itemgetter(*index), names.index("preexec_fn")
+
+
+_MISSING = (-1,)  # process_group where fork_exec has none: leave the group alone
+_PICK_SPAWN_FIELDS, _PREEXEC_FN = _spawn_fields(_FORK_EXEC_ARGS)
 
 
 def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool,
@@ -136,29 +197,22 @@ def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool
     """Call _jobobject.spawn with what subprocess passed to _posixsubprocess.fork_exec;
     (pid, pidfd) of the program. cgroup_fd >= 0 (an O_DIRECTORY fd of a cgroup v2): the program
     is created inside that cgroup (clone3 CLONE_INTO_CGROUP, Linux 5.7). data_limit >= 0: the
-    program's RLIMIT_DATA, soft and hard, is lowered to it before exec (process_memory_limit)."""
+    program's RLIMIT_DATA, soft and hard, is lowered to it before exec (process_memory_limit).
+    The C layer converts the arguments as _posixsubprocess does (paths with the filesystem
+    encoding, None for ids left alone)."""
     if len(fork_exec_args) != len(_FORK_EXEC_ARGS):
         raise UnsupportedError(
             errno.EOPNOTSUPP, f"Python {sys.version_info[0]}.{sys.version_info[1]} called "
             f"fork_exec with {len(fork_exec_args)} arguments; pgjob knows the "
             f"{len(_FORK_EXEC_ARGS)}-argument form of this version")
-    a = dict(zip(_FORK_EXEC_ARGS, fork_exec_args))
-    if a["preexec_fn"] is not None:
+    if fork_exec_args[_PREEXEC_FN] is not None:
         raise UnsupportedError(
             errno.EINVAL, "preexec_fn is not supported by pgjob on Linux: the child is set up in C "
             "between clone and exec, where running Python is unsafe. Use start_new_session, "
             "process_group, umask, user/group/extra_groups, cwd or env, or do the setup in the "
             "child program itself.")
-    gid, groups, uid, cwd = a["gid"], a["groups"], a["uid"], a["cwd"]
-    return c.spawn(
-        [os.fsencode(arg) for arg in a["args"]], tuple(a["executables"]), a["env"],
-        None if cwd is None else os.fsencode(cwd), bool(a["close_fds"]), tuple(a["fds_to_keep"]),
-        a["p2cread"], a["p2cwrite"], a["c2pread"], a["c2pwrite"], a["errread"], a["errwrite"],
-        a["errpipe_read"], a["errpipe_write"], bool(a["restore_signals"]),
-        bool(a["start_new_session"]), a.get("process_group", -1),
-        -1 if gid is None else gid, None if groups is None else tuple(groups),
-        -1 if uid is None else uid, a["umask"], pidns_fd, userns_fd, pdeathsig, _CHDIR_MARKER,
-        cgroup_fd, data_limit)
+    return c.spawn(*_PICK_SPAWN_FIELDS(fork_exec_args + _MISSING), pidns_fd, userns_fd,
+                   pdeathsig, _CHDIR_MARKER, cgroup_fd, data_limit)
 
 
 class _SpawnThread:
