@@ -494,8 +494,29 @@ class Job:
                 self._give_back(impl)
             raise
         self._give_back(impl)
+        if popen.spawn_path is None and getattr(popen, "_child_created", False):
+            # The backend's hook sets spawn_path when it creates the process. A child made
+            # without it is not a member: a wrapper around Popen._execute_child (a profiler,
+            # a mocking library) called the original function, whose own globals pgjob did
+            # not route. Don't hand out an unprotected child as a member.
+            _kill_escaped(popen)
+            code = getattr(execute_child, "__code__", None)
+            where = "?" if code is None else f"{code.co_filename}:{code.co_firstlineno}"
+            raise UnsupportedError(
+                errno.EOPNOTSUPP, f"the child (pid {popen.pid}) was started outside the job, "
+                "and has been killed: subprocess.Popen._execute_child is a wrapper (defined at "
+                f"{where}) that calls another function; pgjob can put a child in a job only "
+                "through subprocess's own _execute_child")
         logger.debug("spawned pid %s in the job (%s)", popen.pid,
                      getattr(popen, "spawn_path", None) or self._mechanism)
+
+
+def _kill_escaped(popen: "Popen") -> None:
+    try:
+        popen.kill()
+        popen.wait()
+    except OSError:
+        pass  # gone already
 
 
 # Jobs that hold the current process: closing them would kill us, so they live until exit.

@@ -133,6 +133,7 @@ class _LinuxJob(JobBackend):
             if self._members:
                 self._note_exits()
             pid, pidfd = self._spawn_member(fork_exec_args)
+            popen.spawn_path = self.spawn_path  # also the proof, for Job, that this hook ran
             with self._lock:
                 if self._closed:  # close() raced with this spawn: don't leave it running
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -151,7 +152,6 @@ class _LinuxJob(JobBackend):
                     pass  # the pipe is full: next_event() is awake anyway
             return pid
 
-        popen.spawn_path = self.spawn_path
         run_execute_child(execute_child, fork_exec, popen, args)
 
     def assign(self, pid: int, handle: Optional[int]) -> None:

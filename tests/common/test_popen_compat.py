@@ -130,3 +130,49 @@ if __name__ == "__main__":
 def test_subprocess_popen_replaced_by_pgjob_popen(tmp_path):
     done = run_python(REPLACED, tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == b"all fine", done.stderr.decode()
+
+
+def _running(pid):
+    if sys.platform == "win32":
+        import _winapi
+        try:
+            handle = _winapi.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        except OSError:
+            return False
+        try:
+            return _winapi.GetExitCodeProcess(handle) == 259  # STILL_ACTIVE
+        finally:
+            _winapi.CloseHandle(handle)
+    return os.path.exists(f"/proc/{pid}")  # reaped by pgjob: no zombie either
+
+
+def test_a_wrapped_execute_child_is_refused_and_the_escaped_child_killed(monkeypatch):
+    """A profiler or mocking library that wraps Popen._execute_child calls the original
+    function, whose globals pgjob does not route: the child starts outside the job. pgjob
+    notices (its hook never ran), kills that child and says why, rather than return a member
+    that is not one."""
+    import functools
+    import re
+    original = subprocess.Popen._execute_child
+    calls = []
+
+    @functools.wraps(original)
+    def wrapper(self, *args):
+        calls.append(self)
+        return original(self, *args)
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", wrapper)
+    with pgjob.Job() as job:
+        if job.mechanism == "none":
+            pytest.skip("mechanism none has no hook to bypass")
+        with pytest.raises(pgjob.UnsupportedError, match="started outside the job") as info:
+            job.popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        assert calls, "the wrapper was not called: the test proves nothing"
+        assert "test_popen_compat" in str(info.value)  # names the wrapper's module
+        pid = int(re.search(r"pid (\d+)", str(info.value)).group(1))
+        assert not _running(pid)
+        assert pid not in job.pids()
+    monkeypatch.undo()
+    with pgjob.Job() as job:  # unwrapped again: spawns go through the job
+        p = job.popen([sys.executable, "-c", "pass"])
+        assert p.wait() == 0 and p.spawn_path not in (None, "plain")
