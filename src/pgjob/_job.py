@@ -120,19 +120,31 @@ class Job:
         # Set first: __del__ runs even when validation below raises.
         self._impl: Optional[JobBackend] = None
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)  # notified when the last borrower returns
+        # A Condition on _lock, made by the first detach() that has to wait for borrowers:
+        # notified when the last one returns.
+        self._idle: Optional[threading.Condition] = None
         self._detaching = 0  # threads in detach() waiting on _idle
         self._users = 0
         self._release_pending = False
         self._owner = os.getpid()
         self._gone_reason: Optional[str] = None  # why the Job closed itself, if it did
-        self._options = JobOptions(
-            kill_on_close=kill_on_close, name=name, breakaway=breakaway,
-            silent_breakaway=silent_breakaway, die_on_unhandled_exception=die_on_unhandled_exception,
-            memory_limit=memory_limit, process_memory_limit=process_memory_limit,
-            process_limit=process_limit, cpu_rate=cpu_rate, on_unavailable=on_unavailable,
-            mechanism=mechanism,
-        )
+        if (kill_on_close is True and name is None and breakaway is False
+                and silent_breakaway is False and die_on_unhandled_exception is False
+                and memory_limit is None and process_memory_limit is None
+                and process_limit is None and cpu_rate is None and on_unavailable == "log"
+                and mechanism is None):
+            # Every argument its default (pgjob.Popen's private job): the validated options
+            # are the same immutable object every time.
+            self._options = _DEFAULT_OPTIONS
+        else:
+            self._options = JobOptions(
+                kill_on_close=kill_on_close, name=name, breakaway=breakaway,
+                silent_breakaway=silent_breakaway,
+                die_on_unhandled_exception=die_on_unhandled_exception,
+                memory_limit=memory_limit, process_memory_limit=process_memory_limit,
+                process_limit=process_limit, cpu_rate=cpu_rate, on_unavailable=on_unavailable,
+                mechanism=mechanism,
+            )
         self._mechanism = "none"
         if self._options.mechanism == "none":
             # Asked for by name: no backend involved, nothing to fall back from. It enforces
@@ -258,7 +270,7 @@ class Job:
             if release:
                 self._release_pending = False
             if self._users == 0 and self._detaching:
-                self._idle.notify_all()
+                self._idle.notify_all()  # type: ignore[union-attr]  # made by detach()
         if release:
             try:
                 impl.close()
@@ -434,6 +446,8 @@ class Job:
             self._detaching += 1
             try:
                 while self._users:
+                    if self._idle is None:
+                        self._idle = threading.Condition(self._lock)
                     self._idle.wait()
             finally:
                 self._detaching -= 1
@@ -464,7 +478,7 @@ class Job:
         impl, self._impl = self._impl, None
         # The parent's lock may have been held by a thread that does not exist here.
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
+        self._idle = None
         self._detaching = 0
         self._users = 0
         self._release_pending = False
@@ -518,6 +532,8 @@ def _kill_escaped(popen: "Popen") -> None:
     except OSError:
         pass  # gone already
 
+
+_DEFAULT_OPTIONS = JobOptions()
 
 # Jobs that hold the current process: closing them would kill us, so they live until exit.
 _KEPT_FOR_PROCESS_LIFETIME: list = []
