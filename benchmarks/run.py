@@ -512,6 +512,41 @@ def _memory_cost(side, size_mib):
     return json.loads(out)
 
 
+FLOOR = "floor: setns spawn, no job bookkeeping"
+
+
+def _namespace_floor(job, argv):
+    """A diagnostic, not a product path: subprocess.Popen whose one fork_exec call is pgjob's C
+    spawn into the job's PID namespace with nothing around it (no member tracking, no events,
+    no borrow of the Job): how much of (c) the kernel's namespace path alone costs."""
+    import types
+    from pgjob import _jobobject, _linux_spawn
+    execute_child = subprocess.Popen._execute_child
+    namespace = dict(execute_child.__globals__, _USE_POSIX_SPAWN=False)
+    init = job._impl._init
+    last = [-1]
+
+    def fork_exec(*args):
+        pid, pidfd = _jobobject.spawn(
+            *_linux_spawn._PICK_SPAWN_FIELDS(args + _linux_spawn._MISSING), init.pidns_fd,
+            init.userns_fd, False, _linux_spawn._CHDIR_MARKER, -1, -1)
+        if last[0] >= 0:
+            os.close(last[0])
+        last[0] = pidfd
+        return pid
+    if _linux_spawn._FORK_EXEC_HOOK == "_fork_exec":
+        namespace["_fork_exec"] = fork_exec
+    else:
+        namespace["_posixsubprocess"] = _linux_spawn._PosixsubprocessWithJob(fork_exec)
+    routed = types.FunctionType(execute_child.__code__, namespace, execute_child.__name__,
+                                execute_child.__defaults__, execute_child.__closure__)
+
+    class FloorPopen(subprocess.Popen):
+        def _execute_child(self, *args):
+            routed(self, *args)
+    return lambda: FloorPopen(argv).wait()
+
+
 def bench_costs(quick):
     """Issue 9's targets, side by side with subprocess.Popen: (a) the machine memory a 512 MiB
     owner loses when it rewrites its memory after creating a Job and starting a member, (b)
@@ -546,6 +581,7 @@ def bench_costs(quick):
         "subprocess.Popen(argv).wait()": lambda: subprocess.Popen(argv).wait(),
         "pgjob.Popen(argv).wait()": lambda: pgjob.Popen(argv).wait(),
         "job.popen(argv).wait()": lambda: job.popen(argv).wait(),
+        FLOOR: _namespace_floor(job, argv),
     }
     rounds, batch = (6, 20) if quick else (40, 25)
     samples = {name: [] for name in contenders}
@@ -678,7 +714,8 @@ def markdown(result):
                 "| contender | median ms | p10 ms | p90 ms | ratio to subprocess | CPU ms | CPU ratio "
                 "| target |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         target = {"pgjob.Popen(argv).wait()": f"<= {t['popen_own_job_ratio']}x",
-                  "job.popen(argv).wait()": f"<= {t['job_popen_ratio']}x"}
+                  "job.popen(argv).wait()": f"<= {t['job_popen_ratio']}x",
+                  FLOOR: "diagnostic"}
         out += [f"| `{r['contender']}` | {r['median_ms']:.3f} | {r['p10_ms']:.3f} | "
                 f"{r['p90_ms']:.3f} | {r['ratio_to_subprocess']:.2f}x | {r['cpu_ms']:.3f} | "
                 f"{r['cpu_ratio_to_subprocess']:.2f}x | {target.get(r['contender'], 'reference')} |"
