@@ -58,6 +58,10 @@ def lower_data_limit(pid: int, limit: int) -> None:
     resource.prlimit(pid, resource.RLIMIT_DATA, (soft, hard))
 
 
+# The most events a Linux job keeps for events() (about 6 MiB of them).
+MAX_QUEUED_EVENTS = 65536
+
+
 class _Member:
     """A process job.popen() started (the program itself, in both mechanisms)."""
 
@@ -86,7 +90,12 @@ class _LinuxJob(JobBackend):
         self._exit_poller = select.poll()
         # (kind, pid) pairs; next_event() makes the JobEvent (a frozen dataclass costs a
         # microsecond to build, and most jobs never read their events).
-        self._events: collections.deque = collections.deque()
+        # Bounded: a job nobody reads events from would otherwise grow by two entries per
+        # process it starts, for its whole life. The oldest go first, counted, and the next
+        # next_event() logs how many (Windows, too, does not guarantee delivery).
+        self._events: collections.deque = collections.deque(maxlen=MAX_QUEUED_EVENTS)
+        self._events_dropped = 0
+        self._drops_reported = 0
         self._waiting = 0  # threads inside next_event()'s poll: the ones a spawn must wake
         self._started = 0
         self._zero_pending = False  # a member started since the last ACTIVE_PROCESS_ZERO
@@ -143,6 +152,8 @@ class _LinuxJob(JobBackend):
                 self._exit_poller.register(pidfd, select.POLLIN)
                 self._started += 1
                 self._zero_pending = True
+                if len(self._events) == MAX_QUEUED_EVENTS:
+                    self._events_dropped += 1
                 self._events.append((EventKind.NEW_PROCESS, pid))
                 wake = self._waiting > 0
             if wake:
@@ -163,6 +174,12 @@ class _LinuxJob(JobBackend):
         raise UnsupportedError(
             errno.EOPNOTSUPP, f"mechanism {self.mechanism!r} can't cover children this process "
             "creates by other means (subprocess, os.system): that needs a PID namespace")
+
+    def _queue_event(self, kind: EventKind, pid: Optional[int]) -> None:
+        """With the lock held."""
+        if len(self._events) == MAX_QUEUED_EVENTS:
+            self._events_dropped += 1
+        self._events.append((kind, pid))
 
     def _add_member(self, pid: int, pidfd: int) -> None:
         """With the lock held."""
@@ -188,7 +205,7 @@ class _LinuxJob(JobBackend):
                     live.append(m)
                     continue
                 self._member_exited(m.pid)
-                self._events.append((EventKind.EXIT_PROCESS, m.pid))
+                self._queue_event(EventKind.EXIT_PROCESS, m.pid)
                 self._exit_poller.unregister(m.pidfd)
                 os.close(m.pidfd)
             self._members = live
@@ -205,7 +222,7 @@ class _LinuxJob(JobBackend):
             with self._lock:
                 if self._zero_pending:
                     self._zero_pending = False
-                    self._events.append((EventKind.ACTIVE_PROCESS_ZERO, None))
+                    self._queue_event(EventKind.ACTIVE_PROCESS_ZERO, None)
         return live
 
     def stats(self) -> JobStats:
@@ -220,11 +237,24 @@ class _LinuxJob(JobBackend):
         while True:
             live = self._poll_exits()
             with self._lock:
+                dropped = self._events_dropped - self._drops_reported
+                self._drops_reported = self._events_dropped
                 if self._events:
                     kind, pid = self._events.popleft()
-                    return _records.JobEvent(kind, pid)
+                    event = _records.JobEvent(kind, pid)
+                else:
+                    event = None
+            if dropped:
+                logger.warning("%d job events were dropped: nobody read them while %d were "
+                               "queued (the oldest go first); read events() as they come, or "
+                               "not at all", dropped, MAX_QUEUED_EVENTS)
+            if event is not None:
+                return event
+            with self._lock:
                 # Counted under the lock that queues NEW_PROCESS: a spawn either queued its
-                # event before we looked, or sees us waiting and writes the wake pipe.
+                # event before we look again here, or sees us waiting and writes the wake pipe.
+                if self._events:
+                    continue
                 if self._wake_read < 0:
                     self._wake_read, self._wake_write = _pipe_above_stdio()
                 self._waiting += 1
@@ -645,7 +675,7 @@ class CgroupJob(_LinuxJob):
             with self._lock:
                 if counters[key] > self._counters[key]:
                     self._counters[key] = counters[key]
-                    self._events.append((kind, None))
+                    self._queue_event(kind, None)
         return live
 
     def stats(self) -> JobStats:

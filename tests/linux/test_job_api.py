@@ -225,6 +225,35 @@ def test_events_new_exit_and_zero(job_factory):
     assert list(job.events(timeout=0.05)) == []
 
 
+def test_unread_events_are_bounded_the_oldest_dropped_and_the_drop_logged(
+        job_factory, monkeypatch, caplog):
+    """A job nobody reads events from must not grow by two entries per process it starts for
+    its whole life: the queue keeps the newest MAX_QUEUED_EVENTS, and the next read says how
+    many were dropped."""
+    from pgjob import _linux
+    monkeypatch.setattr(_linux, "MAX_QUEUED_EVENTS", 6)
+    job = job_factory()
+    pids = []
+    for _ in range(6):
+        p = job.popen(["true"])
+        assert p.wait(10) == 0
+        pids.append(p.pid)
+    # Queued: NEW 1, then at each later spawn the EXIT of the one before and its own NEW
+    # (11), then at the first read EXIT 6 and ACTIVE_PROCESS_ZERO: 13, of which 6 are kept.
+    with caplog.at_level(logging.WARNING, logger="pgjob"):
+        events = list(job.events(timeout=0.3))
+    new, exit_, zero = (pgjob.EventKind.NEW_PROCESS, pgjob.EventKind.EXIT_PROCESS,
+                        pgjob.EventKind.ACTIVE_PROCESS_ZERO)
+    assert [(e.kind, e.pid) for e in events] == [
+        (exit_, pids[3]), (new, pids[4]), (exit_, pids[4]), (new, pids[5]), (exit_, pids[5]),
+        (zero, None)]
+    dropped = [r.getMessage() for r in caplog.records if "events were dropped" in r.getMessage()]
+    assert dropped and dropped[0].startswith("7 job events were dropped"), dropped
+    p = job.popen(["true"])  # and the job goes on: new events are queued and read again
+    p.wait(10)
+    assert [e.kind for e in job.events(timeout=0.3)][:2] == [new, exit_]
+
+
 def test_stats_cpu_time_of_members(job_factory):
     job = job_factory()
     p = job.popen(["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo done; sleep 1000"],
