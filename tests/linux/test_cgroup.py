@@ -19,7 +19,7 @@ import pytest
 import pgjob
 from pgjob import _cgroup
 from conftest import SRC, unprivileged_python
-from proc_helpers import pids_with_argument, wait_until
+from proc_helpers import children_by_parent, pids_with_argument, wait_until
 
 pytestmark = pytest.mark.linux
 
@@ -310,11 +310,22 @@ def _finish(owner):
 
 
 def _kill_leftovers(marker):
-    for pid in pids_with_argument(marker):
+    """Kill what a test left of its `sh -c 'sleep 1000' MARKER` trees: the marked shells and
+    their descendants (the sleep a shell forked carries no marker, and outlives its shell if
+    only that is killed: a leak into the next stage, found there as uid 1500's processes)."""
+    children = children_by_parent()
+    tree, todo = set(), list(pids_with_argument(marker))
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo.extend(children.get(pid, []))
+    for pid in tree:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    wait_until(lambda: all(_gone(pid) for pid in tree), 5 * SCALE)
 
 
 @pytest.mark.parametrize("mode", ["job", "log"])
