@@ -601,8 +601,6 @@ spawn_in_namespace(struct spawn_config *c, int *pidfd, const char **failed)
 
 /* ---- argument conversion (GIL held) ---- */
 
-static int id_from_long_long(long long value, const char *what, unsigned int *out);
-
 /* A NULL-terminated char* array pointing into bytes objects of our own, kept in *keep: each
  * item of `seq` as _posixsubprocess converts it (PyUnicode_FSConverter: bytes as they are,
  * str and os.PathLike encoded with the filesystem encoding). A snapshot tuple first, not
@@ -650,21 +648,6 @@ fail:
     Py_XDECREF(owned);
     Py_DECREF(snapshot);
     return NULL;
-}
-
-/* A uid or gid argument: None or -1 (leave it), else 0 .. 2**32-1. */
-static int
-id_argument(PyObject *value, const char *what, unsigned int *out)
-{
-    long long v;
-    if (value == Py_None) {
-        *out = (unsigned int)-1;
-        return 0;
-    }
-    v = PyLong_AsLongLong(value);
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    return id_from_long_long(v, what, out);
 }
 
 /* fds_to_keep as _posixsubprocess checks it: a tuple of non-negative ints, sorted and
@@ -717,6 +700,21 @@ id_from_long_long(long long value, const char *what, unsigned int *out)
     }
     *out = (unsigned int)value;
     return 0;
+}
+
+/* A uid or gid argument: None or -1 (leave it), else 0 .. 2**32-1. */
+static int
+id_argument(PyObject *value, const char *what, unsigned int *out)
+{
+    long long v;
+    if (value == Py_None) {
+        *out = (unsigned int)-1;
+        return 0;
+    }
+    v = PyLong_AsLongLong(value);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    return id_from_long_long(v, what, out);
 }
 
 /* extra_groups as gid_t, with subprocess's ValueError for a value no gid_t can hold. */

@@ -128,23 +128,13 @@ class Job:
         self._release_pending = False
         self._owner = os.getpid()
         self._gone_reason: Optional[str] = None  # why the Job closed itself, if it did
-        if (kill_on_close is True and name is None and breakaway is False
-                and silent_breakaway is False and die_on_unhandled_exception is False
-                and memory_limit is None and process_memory_limit is None
-                and process_limit is None and cpu_rate is None and on_unavailable == "log"
-                and mechanism is None):
-            # Every argument its default (pgjob.Popen's private job): the validated options
-            # are the same immutable object every time.
-            self._options = _DEFAULT_OPTIONS
-        else:
-            self._options = JobOptions(
-                kill_on_close=kill_on_close, name=name, breakaway=breakaway,
-                silent_breakaway=silent_breakaway,
-                die_on_unhandled_exception=die_on_unhandled_exception,
-                memory_limit=memory_limit, process_memory_limit=process_memory_limit,
-                process_limit=process_limit, cpu_rate=cpu_rate, on_unavailable=on_unavailable,
-                mechanism=mechanism,
-            )
+        self._options = JobOptions(
+            kill_on_close=kill_on_close, name=name, breakaway=breakaway,
+            silent_breakaway=silent_breakaway, die_on_unhandled_exception=die_on_unhandled_exception,
+            memory_limit=memory_limit, process_memory_limit=process_memory_limit,
+            process_limit=process_limit, cpu_rate=cpu_rate, on_unavailable=on_unavailable,
+            mechanism=mechanism,
+        )
         self._mechanism = "none"
         if self._options.mechanism == "none":
             # Asked for by name: no backend involved, nothing to fall back from. It enforces
@@ -497,17 +487,8 @@ class Job:
             old.close()
 
     def _execute_child(self, popen: "Popen", execute_child: Any, args: tuple) -> None:
-        # `with self._use("spawn") as impl:`, written out: every spawn comes through here.
-        impl = self._borrow("spawn")
-        try:
+        with self._use("spawn") as impl:
             impl.execute_child(popen, execute_child, args)
-        except BaseException as exc:
-            try:
-                self._classify_failure(impl, exc, "spawn")
-            finally:
-                self._give_back(impl)
-            raise
-        self._give_back(impl)
         if popen.spawn_path is None and getattr(popen, "_child_created", False):
             # The backend's hook sets spawn_path when it creates the process. A child made
             # without it is not a member: a wrapper around Popen._execute_child (a profiler,
@@ -532,8 +513,6 @@ def _kill_escaped(popen: "Popen") -> None:
     except OSError:
         pass  # gone already
 
-
-_DEFAULT_OPTIONS = JobOptions()
 
 # Jobs that hold the current process: closing them would kill us, so they live until exit.
 _KEPT_FOR_PROCESS_LIFETIME: list = []

@@ -94,8 +94,7 @@ class _LinuxJob(JobBackend):
         # process it starts, for its whole life. The oldest go first, counted, and the next
         # next_event() logs how many (Windows, too, does not guarantee delivery).
         self._events: collections.deque = collections.deque(maxlen=MAX_QUEUED_EVENTS)
-        self._events_dropped = 0
-        self._drops_reported = 0
+        self._events_dropped = 0  # since the last next_event()
         self._waiting = 0  # threads inside next_event()'s poll: the ones a spawn must wake
         self._started = 0
         self._zero_pending = False  # a member started since the last ACTIVE_PROCESS_ZERO
@@ -148,13 +147,10 @@ class _LinuxJob(JobBackend):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                     os.close(pidfd)
                     return pid
-                self._members.append(_Member(pid, pidfd))  # _add_member(), inline
-                self._exit_poller.register(pidfd, select.POLLIN)
+                self._add_member(pid, pidfd)
                 self._started += 1
                 self._zero_pending = True
-                if len(self._events) == MAX_QUEUED_EVENTS:
-                    self._events_dropped += 1
-                self._events.append((EventKind.NEW_PROCESS, pid))
+                self._queue_event(EventKind.NEW_PROCESS, pid)
                 wake = self._waiting > 0
             if wake:
                 try:
@@ -237,27 +233,23 @@ class _LinuxJob(JobBackend):
         while True:
             live = self._poll_exits()
             with self._lock:
-                dropped = self._events_dropped - self._drops_reported
-                self._drops_reported = self._events_dropped
+                dropped, self._events_dropped = self._events_dropped, 0
                 if self._events:
                     kind, pid = self._events.popleft()
-                    event = _records.JobEvent(kind, pid)
+                    event: Optional[JobEvent] = _records.JobEvent(kind, pid)
                 else:
+                    # Counted under the lock that queues NEW_PROCESS: a spawn either queued
+                    # its event before we looked, or sees us waiting and writes the wake pipe.
                     event = None
+                    if self._wake_read < 0:
+                        self._wake_read, self._wake_write = _pipe_above_stdio()
+                    self._waiting += 1
             if dropped:
                 logger.warning("%d job events were dropped: nobody read them while %d were "
                                "queued (the oldest go first); read events() as they come, or "
                                "not at all", dropped, MAX_QUEUED_EVENTS)
             if event is not None:
                 return event
-            with self._lock:
-                # Counted under the lock that queues NEW_PROCESS: a spawn either queued its
-                # event before we look again here, or sees us waiting and writes the wake pipe.
-                if self._events:
-                    continue
-                if self._wake_read < 0:
-                    self._wake_read, self._wake_write = _pipe_above_stdio()
-                self._waiting += 1
             try:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:

@@ -17,9 +17,9 @@ import uuid
 import pytest
 
 import pgjob
-from pgjob import _cgroup
+from pgjob import _cgroup, _procfs
 from conftest import SRC, unprivileged_python
-from proc_helpers import children_by_parent, pids_with_argument, wait_until
+from proc_helpers import pids_with_argument, wait_until
 
 pytestmark = pytest.mark.linux
 
@@ -313,13 +313,7 @@ def _kill_leftovers(marker):
     """Kill what a test left of its `sh -c 'sleep 1000' MARKER` trees: the marked shells and
     their descendants (the sleep a shell forked carries no marker, and outlives its shell if
     only that is killed: a leak into the next stage, found there as uid 1500's processes)."""
-    children = children_by_parent()
-    tree, todo = set(), list(pids_with_argument(marker))
-    while todo:
-        pid = todo.pop()
-        if pid not in tree:
-            tree.add(pid)
-            todo.extend(children.get(pid, []))
+    tree = _procfs._descendants(pids_with_argument(marker))
     for pid in tree:
         try:
             os.kill(pid, signal.SIGKILL)
