@@ -207,13 +207,13 @@ class Job:
 
     def _closed_error(self, operation: str) -> JobClosedError:
         if self._owner != os.getpid():
-            return JobClosedError(9, f"cannot {operation}: this Job belongs to process "
+            return JobClosedError(errno.EBADF, f"cannot {operation}: this Job belongs to process "
                                      f"{self._owner}; in process {os.getpid()} (made by "
                                      "os.fork()) it is inert")
         if self._gone_reason is not None:
-            return JobClosedError(9, f"cannot {operation}: the job is closed "
+            return JobClosedError(errno.EBADF, f"cannot {operation}: the job is closed "
                                      f"({self._gone_reason})")
-        return JobClosedError(9, f"cannot {operation}: the job is closed")
+        return JobClosedError(errno.EBADF, f"cannot {operation}: the job is closed")
 
     def _use(self, operation: str) -> "_Borrow":
         """Borrow the backend for one operation (`with job._use("spawn") as impl:`); classify
@@ -290,7 +290,8 @@ class Job:
         handle = None
         if isinstance(target, subprocess.Popen):
             if target.returncode is not None:
-                raise _errors.ProcessExitedError(3, f"process {target.pid} has already exited")
+                raise _errors.ProcessExitedError(errno.ESRCH,
+                                                 f"process {target.pid} has already exited")
             pid = target.pid
             handle = getattr(target, "_handle", None)
         elif isinstance(target, ProcessHandle) or (
@@ -577,7 +578,7 @@ class Popen(subprocess.Popen):
         """Let a child started with CREATE_SUSPENDED (Windows) run."""
         resume = getattr(_backend, "resume", None)
         if resume is None:
-            raise UnsupportedError(38, "starting a process suspended is a Windows feature")
+            raise UnsupportedError(errno.EOPNOTSUPP, "starting a process suspended is a Windows feature")
         resume(self)
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -3,6 +3,7 @@ started. Used where the OS refused protection (and on_unavailable="log") and on 
 without a backend, so callers never need a second code path."""
 from __future__ import annotations
 
+import errno
 import sys
 import threading
 import time
@@ -38,10 +39,10 @@ class UnprotectedJob(JobBackend):
         return [p for p in popens if p.poll() is None]
 
     def assign(self, pid: int, handle: Optional[int]) -> None:
-        raise UnsupportedError(38, "no job mechanism is available: a running process can't be assigned")
+        raise UnsupportedError(errno.EOPNOTSUPP, "no job mechanism is available: a running process can't be assigned")
 
     def assign_current(self) -> None:
-        raise UnsupportedError(38, "no job mechanism is available on this platform")
+        raise UnsupportedError(errno.EOPNOTSUPP, "no job mechanism is available on this platform")
 
     def contains(self, pid: int) -> bool:
         return any(p.pid == pid for p in self._alive())
@@ -94,7 +95,7 @@ def candidates(options: JobOptions, current_process: bool = False) -> list:
 
 def open_mechanism(name: str, options: JobOptions) -> JobBackend:
     # Job() logs this and falls back to UnprotectedJob, or raises with on_unavailable="raise".
-    raise UnsupportedError(38, f"pgjob has no process-containment mechanism on {sys.platform}")
+    raise UnsupportedError(errno.EOPNOTSUPP, f"pgjob has no process-containment mechanism on {sys.platform}")
 
 
 def in_job(pid: Optional[int]) -> bool:

@@ -8,6 +8,7 @@ mapping whose `_winapi` differs in that single attribute. Nothing global is patc
 from __future__ import annotations
 
 import _winapi
+import errno
 import os
 import subprocess
 import sys
@@ -335,7 +336,7 @@ class WindowsJob(JobBackend):
     # membership
     def execute_child(self, popen, execute_child, args) -> None:
         if _POPEN_INTERFACE_PROBLEM is not None:
-            raise UnsupportedError(38, f"job.popen() is unavailable on Python "
+            raise UnsupportedError(errno.EOPNOTSUPP, f"job.popen() is unavailable on Python "
                                        f"{sys.version.split()[0]}: {_POPEN_INTERFACE_PROBLEM}")
         _execute_child_with(self, popen, execute_child)(popen, *args)
 
@@ -610,7 +611,7 @@ def candidates(options: JobOptions, current_process: bool = False) -> list:
 def open_mechanism(name: str, options: JobOptions) -> JobBackend:
     if name != "job_object":
         from ._errors import UnsupportedError
-        raise UnsupportedError(40, f"mechanism {name!r} is not available on Windows")
+        raise UnsupportedError(errno.EOPNOTSUPP, f"mechanism {name!r} is not available on Windows")
     return WindowsJob(options)
 
 

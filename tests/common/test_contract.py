@@ -1,7 +1,9 @@
 """The public contract, the same on every platform: names, exception hierarchy, argument
 checking, and an honest `mechanism`."""
 import errno
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -23,6 +25,36 @@ def test_every_error_is_an_oserror_under_job_error(cls):
     assert issubclass(cls, pgjob.JobError) and issubclass(cls, OSError)
     err = cls(errno.EPERM, "message")
     assert err.errno == errno.EPERM and err.strerror == "message"
+
+
+def test_error_numbers_mean_the_same_on_this_platform():
+    """errno is this platform's own code for what happened, never a literal that means another
+    error elsewhere: 38, once used for "unsupported" everywhere, is ENOSYS on Linux but
+    ENAMETOOLONG in the Windows C runtime and ENOTSOCK on macOS."""
+    foreign = "pid_namespace" if sys.platform == "win32" else "job_object"
+    raised = {}
+    with pytest.raises(pgjob.UnsupportedError) as info:
+        pgjob.Job(mechanism=foreign, on_unavailable="raise")
+    raised["foreign mechanism"] = (info.value.errno, errno.EOPNOTSUPP)
+    with pgjob.Job(mechanism="none") as job:
+        with pytest.raises(pgjob.UnsupportedError) as info:
+            job.assign(os.getpid())
+        raised["assign to mechanism none"] = (info.value.errno, errno.EOPNOTSUPP)
+        exited = subprocess.Popen([sys.executable, "-c", "pass"])
+        exited.wait()
+        with pytest.raises(pgjob.ProcessExitedError) as info:
+            job.assign(exited)
+        raised["assign of an exited Popen"] = (info.value.errno, errno.ESRCH)
+    with pytest.raises(pgjob.JobClosedError) as info:
+        job.popen([sys.executable, "-c", "pass"])
+    raised["popen in a closed job"] = (info.value.errno, errno.EBADF)
+    if sys.platform != "win32":
+        with pgjob.Popen([sys.executable, "-c", "pass"]) as p:
+            with pytest.raises(pgjob.UnsupportedError) as info:
+                p.resume()
+        raised["resume off Windows"] = (info.value.errno, errno.EOPNOTSUPP)
+    wrong = {what: got for what, (got, want) in raised.items() if got != want}
+    assert not wrong, wrong
 
 
 def test_mechanism_is_named_and_closing_is_idempotent():
