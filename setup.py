@@ -6,6 +6,7 @@ scripts/build_windows_ext (the MinGW cross-build for the Wine harness) follows t
 """
 import os
 import platform
+import re
 import sys
 
 from setuptools import Extension, setup
@@ -32,9 +33,25 @@ def target_sources(platform):
     return ["src/_jobobject.c"] + ["src/jobobject/" + f for f in impl]
 
 
+def package_version():
+    """pyproject.toml's [project] version: compiled into the extension (PGJOB_VERSION), so that
+    pgjob refuses an extension built for another version (pgjob/__init__.py)."""
+    table = None
+    with open(os.path.join(HERE, "pyproject.toml"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("["):
+                table = line.strip()
+            found = re.match(r'version\s*=\s*"([^"]+)"', line)
+            if table == "[project]" and found:
+                return found.group(1)
+    raise SystemExit("setup.py: no version in pyproject.toml's [project] table")
+
+
 def extension():
     platform = "linux" if sys.platform.startswith("linux") else sys.platform
-    macros = []
+    # Unquoted: the C code stringifies it (a quoted -D value is quoted differently by each
+    # compiler driver).
+    macros = [("PGJOB_VERSION", package_version())]
     libraries = []
     extra_compile_args = []
     if platform == "win32":

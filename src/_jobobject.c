@@ -6,72 +6,87 @@ static PyMethodDef jobobject_methods[] = {
 #ifdef MS_WINDOWS
     /* win_job.c */
     {"CreateJobObject", win_CreateJobObject, METH_VARARGS,
-     "CreateJobObject(name: str | None) -> int: a new, non-inheritable job handle."},
-    {"CloseHandle", win_CloseHandle, METH_VARARGS, "CloseHandle(handle: int) -> None"},
+     "CreateJobObject($module, name, /)\n--\n\n"
+     "A new, non-inheritable job handle; name is a str or None."},
+    {"CloseHandle", win_CloseHandle, METH_VARARGS, "CloseHandle($module, handle, /)\n--\n\n"},
     {"SetJobExtendedLimits", win_SetJobExtendedLimits, METH_VARARGS,
-     "SetJobExtendedLimits(job, limit_flags, process_memory, job_memory, active_processes) -> None"},
+     "SetJobExtendedLimits($module, job, limit_flags, process_memory, job_memory,\n"
+     "                     active_processes, /)\n--\n\n"},
     {"QueryJobExtendedLimits", win_QueryJobExtendedLimits, METH_VARARGS,
-     "QueryJobExtendedLimits(job) -> (limit_flags, process_memory, job_memory, active_processes,"
-     " peak_process_memory, peak_job_memory)"},
+     "QueryJobExtendedLimits($module, job, /)\n--\n\n"
+     "-> (limit_flags, process_memory, job_memory, active_processes, peak_process_memory,"
+     " peak_job_memory)"},
     {"SetJobCpuRate", win_SetJobCpuRate, METH_VARARGS,
-     "SetJobCpuRate(job, control_flags, cpu_rate) -> None (cpu_rate in 1/100 of a percent)"},
+     "SetJobCpuRate($module, job, control_flags, cpu_rate, /)\n--\n\n"
+     "cpu_rate in 1/100 of a percent."},
     {"AssignProcessToJobObject", win_AssignProcessToJobObject, METH_VARARGS,
-     "AssignProcessToJobObject(job, process_handle) -> None"},
+     "AssignProcessToJobObject($module, job, process_handle, /)\n--\n\n"},
     {"IsProcessInJob", win_IsProcessInJob, METH_VARARGS,
-     "IsProcessInJob(process_handle, job_or_0) -> bool (0 asks: in any job?)"},
+     "IsProcessInJob($module, process_handle, job, /)\n--\n\n"
+     "-> bool; job 0 asks: in any job?"},
     {"TerminateJobObject", win_TerminateJobObject, METH_VARARGS,
-     "TerminateJobObject(job, exit_code) -> None"},
+     "TerminateJobObject($module, job, exit_code, /)\n--\n\n"},
     {"QueryJobProcessIdList", win_QueryJobProcessIdList, METH_VARARGS,
-     "QueryJobProcessIdList(job) -> list[int]"},
+     "QueryJobProcessIdList($module, job, /)\n--\n\n-> list[int]"},
     {"QueryJobAccounting", win_QueryJobAccounting, METH_VARARGS,
-     "QueryJobAccounting(job, include_io) -> (total_processes, active_processes,"
-     " terminated_processes, user_time_100ns, kernel_time_100ns, read_bytes, write_bytes)\n\n"
+     "QueryJobAccounting($module, job, include_io, /)\n--\n\n"
+     "-> (total_processes, active_processes, terminated_processes, user_time_100ns,"
+     " kernel_time_100ns, read_bytes, write_bytes)\n\n"
      "Without include_io the basic class is queried and the byte counts are 0."},
     {"GetProcessHandleCount", win_GetProcessHandleCount, METH_VARARGS,
-     "GetProcessHandleCount(process_handle) -> int"},
+     "GetProcessHandleCount($module, process_handle, /)\n--\n\n-> int"},
     {"WineVersion", win_WineVersion, METH_NOARGS,
-     "WineVersion() -> str | None: ntdll!wine_get_version(), None on real Windows."},
+     "WineVersion($module, /)\n--\n\n"
+     "-> str | None: ntdll!wine_get_version(), None on real Windows."},
     /* win_port.c */
     {"CreateIoCompletionPort", win_CreateIoCompletionPort, METH_NOARGS,
-     "CreateIoCompletionPort() -> int: a new completion port handle."},
+     "CreateIoCompletionPort($module, /)\n--\n\n-> int: a new completion port handle."},
     {"AssociateJobCompletionPort", win_AssociateJobCompletionPort, METH_VARARGS,
-     "AssociateJobCompletionPort(job, port, key) -> None"},
+     "AssociateJobCompletionPort($module, job, port, key, /)\n--\n\n"},
     {"GetQueuedCompletionStatus", win_GetQueuedCompletionStatus, METH_VARARGS,
-     "GetQueuedCompletionStatus(port, timeout_ms) -> (message, key, value) | None on timeout"},
+     "GetQueuedCompletionStatus($module, port, timeout_ms, /)\n--\n\n"
+     "-> (message, key, value), or None on timeout"},
     /* win_spawn.c */
     {"CreateProcessInJob", win_CreateProcessInJob, METH_VARARGS,
-     "CreateProcessInJob(application_name, command_line, inherit_handles, creation_flags,\n"
-     "    environment_block, current_directory, startup_flags, show_window,\n"
-     "    std_input, std_output, std_error, handle_list, job, use_job_list)\n"
+     "CreateProcessInJob($module, application_name, command_line, inherit_handles,\n"
+     "                   creation_flags, environment_block, current_directory, startup_flags,\n"
+     "                   show_window, std_input, std_output, std_error, handle_list, job,\n"
+     "                   use_job_list, /)\n--\n\n"
      "-> (process_handle, thread_handle, pid, tid, path)\n\n"
      "The child is a member of `job` before its first instruction runs; `path` is 'job_list'\n"
      "or 'suspended'. It stays suspended only if creation_flags has CREATE_SUSPENDED.\n"
      "An OSError from a CreateProcessW call that carried the job list has .job_list = True."},
     {"ResumeThread", win_ResumeThread, METH_VARARGS,
-     "ResumeThread(thread_handle) -> int: the previous suspend count."},
+     "ResumeThread($module, thread_handle, /)\n--\n\n-> int: the previous suspend count."},
     {"JobListSupported", win_JobListSupported, METH_NOARGS,
-     "JobListSupported() -> bool: does UpdateProcThreadAttribute accept PROC_THREAD_ATTRIBUTE_JOB_LIST?\n\n"
+     "JobListSupported($module, /)\n--\n\n"
+     "-> bool: does UpdateProcThreadAttribute accept PROC_THREAD_ATTRIBUTE_JOB_LIST?\n\n"
      "False only for the system's ERROR_NOT_SUPPORTED; any other failure is raised."},
     {"CompareStringOrdinal", win_CompareStringOrdinal, METH_VARARGS,
-     "CompareStringOrdinal(a, b, ignore_case) -> CSTR_LESS_THAN | CSTR_EQUAL | CSTR_GREATER_THAN"},
+     "CompareStringOrdinal($module, a, b, ignore_case, /)\n--\n\n"
+     "-> CSTR_LESS_THAN | CSTR_EQUAL | CSTR_GREATER_THAN"},
 #endif
 #ifdef __linux__
     /* linux_spawn.c */
     {"spawn", linux_spawn, METH_VARARGS,
-     "spawn(argv, executables, env, cwd, close_fds, fds_to_keep,\n"
-     "      p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,\n"
+     "spawn($module, argv, executables, env, cwd, close_fds, fds_to_keep, p2cread, p2cwrite,\n"
+     "      c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,\n"
      "      restore_signals, start_new_session, process_group, gid, extra_groups, uid, umask,\n"
-     "      pidns_fd, userns_fd, pdeathsig, chdir_marker, cgroup_fd=-1) -> (pid, pidfd)\n\n"
+     "      pidns_fd, userns_fd, pdeathsig, chdir_marker, cgroup_fd=-1, data_limit=-1, /)\n"
+     "--\n\n"
+     "-> (pid, pidfd)\n\n"
      "pidns_fd >= 0: the program starts in that PID namespace (after entering userns_fd if\n"
      ">= 0) as a child of the caller. -1: a direct CLONE_VM|CLONE_VFORK child, with\n"
      "PR_SET_PDEATHSIG(SIGKILL) if pdeathsig. cgroup_fd >= 0: created in that cgroup v2\n"
-     "(clone3 CLONE_INTO_CGROUP). The lists are copied before the GIL is\n"
+     "(clone3 CLONE_INTO_CGROUP). data_limit >= 0: the program's RLIMIT_DATA, soft and hard,\n"
+     "is lowered to it before exec. The lists are copied before the GIL is\n"
      "released; fds_to_keep is a sorted tuple of distinct fds >= 0, as for fork_exec.\n"
      "The pidfd is above 2 and close-on-exec."},
     /* linux_job.c */
     {"start_init", linux_start_init, METH_VARARGS,
-     "start_init(clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig, helper_path)\n"
-     "  -> (pid, pidfd, control_fd)\n\n"
+     "start_init($module, clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig,\n"
+     "           helper_path, /)\n--\n\n"
+     "-> (pid, pidfd, control_fd)\n\n"
      "Start `helper_path init` (clone CLONE_VM|CLONE_VFORK + execve) as the init of a new PID\n"
      "namespace; returns once it runs the helper."},
 #endif
@@ -84,11 +99,22 @@ static PyMethodDef jobobject_methods[] = {
             return -1;                                                   \
     } while (0)
 
+/* The package version this extension was built for (setup.py and scripts/build_windows_ext
+ * pass pyproject.toml's): pgjob/__init__.py refuses to run with an extension of another
+ * version, a stale build whose functions may take other arguments. */
+#ifndef PGJOB_VERSION
+#  error "PGJOB_VERSION must be defined (-DPGJOB_VERSION=0.1.0): build with setup.py"
+#endif
+#define PGJOB_STRINGIFY_(x) #x
+#define PGJOB_STRINGIFY(x) PGJOB_STRINGIFY_(x)
+
 static int
 jobobject_exec(PyObject *module)
 {
     pgjob_trace_init();
     if (PyModule_AddIntConstant(module, "TRACE", pgjob_trace_enabled) < 0)
+        return -1;
+    if (PyModule_AddStringConstant(module, "VERSION", PGJOB_STRINGIFY(PGJOB_VERSION)) < 0)
         return -1;
 #ifdef MS_WINDOWS
     if (PyModule_AddStringConstant(module, "PLATFORM", "windows") < 0)

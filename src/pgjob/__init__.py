@@ -8,8 +8,20 @@ the owner (or a weaker, named fallback). `job.mechanism` always says which one p
 """
 from typing import TYPE_CHECKING
 
-from ._base import EventKind, JobOptions, ProcessHandle
-from ._errors import (
+__version__ = "0.1.0"
+
+from . import _jobobject  # noqa: E402  (checked before anything calls it)
+
+if getattr(_jobobject, "VERSION", None) != __version__:
+    # A stale build (an in-place extension from another checkout, a wheel's .so copied over):
+    # its functions may take other arguments than this Python code passes. psutil does the same.
+    raise ImportError(
+        f"pgjob {__version__} found its C extension {_jobobject.__file__} built for pgjob "
+        f"{getattr(_jobobject, 'VERSION', 'before 0.1.0')}: reinstall pgjob, or rebuild the "
+        "extension in this tree (python setup.py build_ext --inplace)")
+
+from ._base import EventKind, JobOptions, ProcessHandle  # noqa: E402
+from ._errors import (  # noqa: E402
     AlreadyInJobError,
     JobClosedError,
     JobError,
@@ -17,12 +29,10 @@ from ._errors import (
     ProcessExitedError,
     UnsupportedError,
 )
-from ._job import Job, Popen, in_job, protect_children
+from ._job import Job, Popen, in_job, protect_children  # noqa: E402
 
 if TYPE_CHECKING:
     from ._records import JobEvent, JobStats
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:

@@ -5,10 +5,11 @@ import os
 import sys
 from typing import Sequence, Union
 
-StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+_StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 TRACE: int
 PLATFORM: str  # "windows", "linux" or "other"
+VERSION: str  # the package version it was built for: pgjob/__init__.py checks it
 
 if sys.platform == "win32":
     # win_job.c
@@ -23,7 +24,9 @@ if sys.platform == "win32":
     def IsProcessInJob(process_handle: int, job: int, /) -> bool: ...
     def TerminateJobObject(job: int, exit_code: int, /) -> None: ...
     def QueryJobProcessIdList(job: int, /) -> list[int]: ...
-    def QueryJobAccounting(job: int, /) -> tuple[int, int, int, int, int, int, int]: ...
+    def QueryJobAccounting(
+        job: int, include_io: bool, /
+    ) -> tuple[int, int, int, int, int, int, int]: ...
     def GetProcessHandleCount(process_handle: int, /) -> int: ...
     def WineVersion() -> str | None: ...
     # win_port.c
@@ -95,10 +98,10 @@ if sys.platform == "win32":
 if sys.platform == "linux":
     # linux_spawn.c
     def spawn(
-        argv: list[StrOrBytesPath] | tuple[StrOrBytesPath, ...],
-        executables: list[StrOrBytesPath] | tuple[StrOrBytesPath, ...],
-        env: list[StrOrBytesPath] | tuple[StrOrBytesPath, ...] | None,
-        cwd: StrOrBytesPath | None,
+        argv: list[_StrOrBytesPath] | tuple[_StrOrBytesPath, ...],
+        executables: list[_StrOrBytesPath] | tuple[_StrOrBytesPath, ...],
+        env: list[_StrOrBytesPath] | tuple[_StrOrBytesPath, ...] | None,
+        cwd: _StrOrBytesPath | None,
         close_fds: object,
         fds_to_keep: tuple[int, ...],
         p2cread: int,
