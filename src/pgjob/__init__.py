@@ -6,8 +6,6 @@
 Windows: a Job Object with KILL_ON_JOB_CLOSE. Linux: a PID namespace whose init dies with
 the owner (or a weaker, named fallback). `job.mechanism` always says which one protects you.
 """
-from typing import TYPE_CHECKING
-
 __version__ = "0.1.0"
 
 from . import _jobobject  # noqa: E402  (checked before anything calls it)
@@ -30,18 +28,7 @@ from ._errors import (  # noqa: E402
     UnsupportedError,
 )
 from ._job import Job, Popen, in_job, protect_children  # noqa: E402
-
-if TYPE_CHECKING:
-    from ._records import JobEvent, JobStats
-
-
-def __getattr__(name: str) -> object:
-    # JobStats and JobEvent are dataclasses; importing dataclasses only when they are first
-    # needed keeps `import pgjob` cheap for programs that never ask for stats or events.
-    if name in ("JobStats", "JobEvent"):
-        from ._base import records
-        return getattr(records, name)
-    raise AttributeError(f"module 'pgjob' has no attribute {name!r}")
+from ._records import JobEvent, JobStats  # noqa: E402
 
 __all__ = [
     "Job",

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import enum
 import numbers
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
+    import types
+
+    from ._job import Popen
     from ._records import JobEvent, JobStats
 
 __all__ = ["JobOptions", "EventKind", "JobBackend", "ProcessHandle"]
@@ -34,11 +37,12 @@ def _positive_int(name: str, value: object, *, allow_none: bool = True) -> Optio
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive int or None, not {type(value).__name__}")
-    if value <= 0:
+    number = int(value)
+    if number <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
-    if value >= 2**63:
+    if number >= 2**63:
         raise ValueError(f"{name} is too large: {value}")
-    return int(value)
+    return number
 
 
 class JobOptions:
@@ -86,7 +90,7 @@ class JobOptions:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"JobOptions is immutable: cannot delete {name!r}")
 
-    def _as_tuple(self) -> tuple:
+    def _as_tuple(self) -> tuple[object, ...]:
         return tuple(getattr(self, field) for field in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
@@ -136,7 +140,7 @@ class JobOptions:
             raise ValueError(f"mechanism must be one of {MECHANISMS} or None, got {self.mechanism!r}")
 
     @property
-    def group_limits(self) -> list:
+    def group_limits(self) -> list[str]:
         """The limits set that cap the job as a whole (on Linux: cgroup v2 controllers)."""
         return [f for f in ("memory_limit", "process_limit", "cpu_rate")
                 if getattr(self, f) is not None]
@@ -161,26 +165,14 @@ class EventKind(enum.Enum):
     NOTIFICATION_LIMIT = "notification_limit"
 
 
-class _LazyRecords:
-    """Stands for pgjob._records (JobStats, JobEvent) and imports it on first use: that
-    module imports dataclasses, which `import pgjob` should not pay for."""
-
-    def __getattr__(self, name: str):
-        from . import _records as module
-        return getattr(module, name)
-
-
-#: Backends make records through this: `records.JobStats(...)`.
-records = _LazyRecords()
-
-
 class JobBackend:
     """One OS containment object. All methods may raise OSError (unclassified) or JobError."""
 
     #: "job_object", "pid_namespace", "pdeathsig" or "none"
     mechanism: str = "none"
 
-    def execute_child(self, popen, execute_child, args: Tuple) -> None:
+    def execute_child(self, popen: Popen, execute_child: types.FunctionType,
+                      args: tuple[Any, ...]) -> None:
         """Start popen's child as a member, from inside Popen._execute_child.
 
         `execute_child` is the next _execute_child in the Popen's MRO (subprocess.Popen's,
@@ -205,7 +197,7 @@ class JobBackend:
     def contains(self, pid: int) -> bool:
         raise NotImplementedError
 
-    def pids(self) -> list:
+    def pids(self) -> list[int]:
         raise NotImplementedError
 
     def terminate(self, exit_code: int) -> None:

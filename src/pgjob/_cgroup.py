@@ -11,12 +11,23 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ._errors import ProcessExitedError, UnsupportedError
 from ._log import logger
 from ._procfs import _above_stdio, _close_quietly
+
+if TYPE_CHECKING:
+    from ._base import JobOptions
+    from ._linux import CgroupJob
+    from ._procfs import PidOrSelf
+
+if TYPE_CHECKING and sys.platform != "linux":
+    # Never true at run time. It tells mypy, checking for another platform, that this
+    # Linux-only module ends here, instead of reporting each Linux API below as missing.
+    raise ImportError("pgjob._cgroup is Linux-only")
 
 # Which controller each limit needs. process_memory_limit needs none: it is each member's
 # RLIMIT_DATA (see _linux.lower_data_limit).
@@ -40,7 +51,7 @@ def _unescape_mountinfo(field: str) -> str:
     return "".join(out)
 
 
-def cgroup2_mounts(mountinfo: str = "/proc/self/mountinfo") -> list:
+def cgroup2_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str, bool]]:
     """(mount point, root inside the hierarchy, read-only?) of every cgroup2 mount we see."""
     found = []
     with open(mountinfo) as f:
@@ -57,7 +68,7 @@ def cgroup2_mounts(mountinfo: str = "/proc/self/mountinfo") -> list:
     return found
 
 
-def own_cgroup(pid="self") -> Optional[str]:
+def own_cgroup(pid: PidOrSelf = "self") -> Optional[str]:
     """The cgroup v2 path of `pid` from the "0::" line of /proc/<pid>/cgroup; None if the
     process is in no v2 hierarchy (pure v1)."""
     with open(f"/proc/{pid}/cgroup") as f:
@@ -137,7 +148,7 @@ def read_text(directory: str, name: str) -> Optional[str]:
         raise
 
 
-def read_keyed(directory: str, name: str) -> Optional[dict]:
+def read_keyed(directory: str, name: str) -> Optional[dict[str, int]]:
     """A "key value" per line file (cgroup.events, cpu.stat, memory.events) as a dict of ints."""
     text = read_text(directory, name)
     if text is None:
@@ -179,9 +190,9 @@ def write(directory: str, name: str, value: str) -> None:
         os.close(fd)
 
 
-def procs(directory: str) -> list:
+def procs(directory: str) -> list[int]:
     """Pids in this cgroup and every cgroup below it (cgroup.procs lists only its own)."""
-    found = []
+    found: list[int] = []
     for dirpath, dirnames, filenames in os.walk(directory):
         try:
             with open(os.path.join(dirpath, "cgroup.procs")) as f:
@@ -217,7 +228,7 @@ def open_dir(directory: str) -> int:
 
 # -- placement -------------------------------------------------------------------------------
 
-def needed_controllers(options) -> list:
+def needed_controllers(options: JobOptions) -> list[str]:
     out = []
     for field, controller in LIMIT_CONTROLLERS:
         if getattr(options, field) is not None and controller not in out:
@@ -225,7 +236,7 @@ def needed_controllers(options) -> list:
     return out
 
 
-def _controllers(directory: str, name: str) -> set:
+def _controllers(directory: str, name: str) -> set[str]:
     text = read_text(directory, name)
     return set(text.split()) if text else set()
 
@@ -246,7 +257,7 @@ def _refused(exc: OSError, what: str, h: Hierarchy) -> UnsupportedError:
     return err
 
 
-def _enable(h: Hierarchy, directory: str, controllers: list) -> Optional[OSError]:
+def _enable(h: Hierarchy, directory: str, controllers: list[str]) -> Optional[OSError]:
     """Enable `controllers` for the children of `directory`; the OSError if refused."""
     try:
         write(directory, "cgroup.subtree_control", " ".join("+" + c for c in controllers))
@@ -257,9 +268,9 @@ def _enable(h: Hierarchy, directory: str, controllers: list) -> Optional[OSError
         return exc
 
 
-def _v1_mounts() -> dict:
+def _v1_mounts() -> dict[str, str]:
     """controller -> mount point of the cgroup v1 hierarchies (a hybrid's), for messages."""
-    found = {}
+    found: dict[str, str] = {}
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
@@ -273,13 +284,14 @@ def _v1_mounts() -> dict:
     return found
 
 
-def choose_parent(h: Hierarchy, controllers: list) -> str:
+def choose_parent(h: Hierarchy, controllers: list[str]) -> str:
     """The directory a job cgroup goes in (see docs/linux.md, "Where the job's cgroup goes"):
     our own cgroup C if it has every controller the limits need in its subtree_control (or is
     the root and can enable them); else C's parent, since C holds processes (the
     no-internal-processes rule), if the parent has them and is writable; else
     UnsupportedError naming what is missing."""
     own = h.own_dir
+    parent: Optional[str]  # the directory above own; None where own is the mount's root
     if not controllers:
         if not os.access(own, os.W_OK) and own != h.mount:
             # A leaf we may not write (a scope created for us by root) below a subtree
@@ -342,7 +354,7 @@ def choose_parent(h: Hierarchy, controllers: list) -> str:
                            f"processes and has no parent in the cgroup2 mount {h.mount}")
 
 
-def create_job_cgroup(h: Hierarchy, controllers: list) -> str:
+def create_job_cgroup(h: Hierarchy, controllers: list[str]) -> str:
     """mkdir pgjob-<pid>-<n> where choose_parent() says; check it has cgroup.kill (Linux 5.14)
     and the controllers. Returns its directory."""
     parent = choose_parent(h, controllers)
@@ -375,7 +387,7 @@ def create_job_cgroup(h: Hierarchy, controllers: list) -> str:
     return path
 
 
-def apply_limits(directory: str, options, h: Hierarchy) -> None:
+def apply_limits(directory: str, options: JobOptions, h: Hierarchy) -> None:
     """memory_limit -> memory.max, process_limit -> pids.max, cpu_rate -> cpu.max (a quota of
     cpu_rate percent of all CPUs per 100 ms period)."""
     writes = []
@@ -408,7 +420,7 @@ def move(directory: str, pid: int, h: Hierarchy) -> None:
         raise
 
 
-def is_inside(directory: str, pid, h: Hierarchy) -> bool:
+def is_inside(directory: str, pid: PidOrSelf, h: Hierarchy) -> bool:
     path = _cgroup_of(pid) if pid != "self" else own_cgroup()
     if path is None:
         return False
@@ -543,7 +555,7 @@ class _Monitor:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: dict = {}  # watcher pidfd -> job backend
+        self._jobs: dict[int, tuple[CgroupJob, Watcher]] = {}  # watcher pidfd -> (job, watcher)
         self._pid = -1
         self._wake_r = self._wake_w = -1
 
@@ -554,7 +566,7 @@ class _Monitor:
         _close_quietly(self._wake_w)
         self._pid, self._wake_r, self._wake_w = -1, -1, -1
 
-    def watch(self, job, watcher: Watcher) -> None:
+    def watch(self, job: CgroupJob, watcher: Watcher) -> None:
         with self._lock:
             if self._pid != os.getpid():
                 from ._procfs import _pipe_above_stdio

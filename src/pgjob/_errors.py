@@ -51,6 +51,8 @@ CPU_RATE_SYSCALL = "SetInformationJobObject(JobObjectCpuRateControlInformation)"
 def _windows_table() -> dict[int, type[JobError]]:
     from . import _jobobject as c
 
+    if sys.platform != "win32":  # (for mypy: these codes exist in the Windows build only)
+        return {}
     return {
         c.ERROR_NOT_SUPPORTED: UnsupportedError,
         c.ERROR_CALL_NOT_IMPLEMENTED: UnsupportedError,
@@ -152,5 +154,5 @@ def _class_for(exc: OSError, operation: str) -> type[JobError] | None:
         # unshare()/clone() with a namespace flag the kernel or seccomp policy refuses.
         return UnsupportedError
     if operation == "spawn":
-        return _POSIX_TABLE.get(code) if code != errno.ESRCH else None
-    return _POSIX_TABLE.get(code, JobError)
+        return None if code is None or code == errno.ESRCH else _POSIX_TABLE.get(code)
+    return JobError if code is None else _POSIX_TABLE.get(code, JobError)

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional
 
 from . import _errors
 from ._base import JobBackend, JobOptions, ProcessHandle
@@ -23,6 +23,8 @@ from ._errors import AlreadyInJobError, JobClosedError, JobError, UnsupportedErr
 from ._log import logger
 
 if TYPE_CHECKING:
+    import types
+
     from ._records import JobEvent, JobStats
 
 if sys.platform == "win32":
@@ -53,9 +55,10 @@ def _check_timeout(timeout: object) -> Optional[float]:
 def _check_pid(pid: object) -> int:
     if isinstance(pid, bool) or not isinstance(pid, numbers.Integral):
         raise TypeError(f"expected a pid (int) or a Popen, not {type(pid).__name__}")
-    if not 0 < pid < 2**32:
+    number = int(pid)
+    if not 0 < number < 2**32:
         raise ValueError(f"not a valid pid: {pid}")
-    return int(pid)
+    return number
 
 
 class _Borrow:
@@ -71,7 +74,8 @@ class _Borrow:
         self.impl = self.job._borrow(self.operation)
         return self.impl
 
-    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException],
+                 tb: Any) -> Literal[False]:
         try:
             if exc is not None:
                 self.job._classify_failure(self.impl, exc, self.operation)
@@ -99,7 +103,7 @@ class Job:
     def _for_current_process(cls, **job_options: Any) -> "Job":
         job = cls.__new__(cls)
         job._current_process = True
-        job.__init__(**job_options)
+        cls.__init__(job, **job_options)
         return job
 
     def __init__(
@@ -267,7 +271,7 @@ class Job:
             except OSError as exc:  # an object already gone can fail to close: say so, go on
                 logger.debug("releasing the job's OS object: %s", exc)
 
-    def _gone(self, impl: JobBackend, err: BaseException) -> None:
+    def _gone(self, impl: JobBackend, err: OSError) -> None:
         """The backend says its OS object is gone (a namespace's init was killed, a handle
         closed behind our back): the Job closes itself, once, and says so."""
         with self._lock:
@@ -320,7 +324,7 @@ class Job:
         with self._use("query") as impl:
             return impl.contains(pid)
 
-    def pids(self) -> list:
+    def pids(self) -> list[int]:
         """Host pids of the current members, sorted."""
         with self._use("query") as impl:
             return sorted(impl.pids())
@@ -487,7 +491,8 @@ class Job:
         if old is not None:
             old.close()
 
-    def _execute_child(self, popen: "Popen", execute_child: Any, args: tuple) -> None:
+    def _execute_child(self, popen: "Popen", execute_child: types.FunctionType,
+                       args: tuple[Any, ...]) -> None:
         with self._use("spawn") as impl:
             impl.execute_child(popen, execute_child, args)
         if popen.spawn_path is None and getattr(popen, "_child_created", False):
@@ -516,12 +521,12 @@ def _kill_escaped(popen: "Popen") -> None:
 
 
 # Jobs that hold the current process: closing them would kill us, so they live until exit.
-_KEPT_FOR_PROCESS_LIFETIME: list = []
+_KEPT_FOR_PROCESS_LIFETIME: list[JobBackend] = []
 
 # Every open Job of this process, so that a child of os.fork() can make its copies inert.
 _LIVE_JOBS: "weakref.WeakSet[Job]" = weakref.WeakSet()
 # In a forked child: the parent's backends, which must neither act nor be collected here.
-_INHERITED_FROM_PARENT: list = []
+_INHERITED_FROM_PARENT: list[JobBackend] = []
 
 
 def _after_fork_in_child() -> None:
@@ -539,7 +544,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Popen(subprocess.Popen):
+class Popen(subprocess.Popen[Any]):
     """subprocess.Popen whose child is a member of `job` before it runs its first instruction.
 
     Everything subprocess.Popen accepts works the same, positional arguments included, plus
@@ -549,6 +554,9 @@ class Popen(subprocess.Popen):
     stays until the child has exited (it is closed then, killing what the child left
     behind), and still kills the tree if this process dies first.
     """
+
+    #: Windows: the thread handle of a child started with CREATE_SUSPENDED, kept for resume().
+    _suspended_thread: Optional[int]
 
     def __init__(self, *args: Any, job: Optional[Job] = None, **kwargs: Any) -> None:
         if job is not None and not isinstance(job, Job):
@@ -568,10 +576,11 @@ class Popen(subprocess.Popen):
                 self.job.close()
             raise
 
-    def _execute_child(self, *args: Any) -> None:  # type: ignore[override]
+    def _execute_child(self, *args: Any) -> None:
         # The next _execute_child in the MRO, not subprocess.Popen's attribute: after
         # `subprocess.Popen = pgjob.Popen` that would be this very method.
-        execute_child = super()._execute_child.__func__  # type: ignore[attr-defined]
+        # (typeshed does not declare the private _execute_child.)
+        execute_child = super()._execute_child.__func__  # type: ignore[misc]
         self.job._execute_child(self, execute_child, args)
 
     def resume(self) -> None:
@@ -602,7 +611,7 @@ class Popen(subprocess.Popen):
 
 
 # Popens dropped while their child ran, kept with their private job (like subprocess._active).
-_DROPPED_POPENS: list = []
+_DROPPED_POPENS: list[Popen] = []
 
 
 def _sweep_dropped_popens() -> None:

@@ -28,11 +28,13 @@ import os
 import resource
 import select
 import signal
+import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, cast
 
-from ._base import EventKind, JobBackend, JobOptions, records as _records
+from . import _records
+from ._base import EventKind, JobBackend, JobOptions
 from ._errors import JobClosedError, ProcessExitedError, UnsupportedError
 from ._log import logger
 from . import _cgroup
@@ -43,7 +45,17 @@ from ._procfs import (_above_stdio, _close_quietly, _cpu_times, _descendants, _n
                       _running, _signal_quietly, _stat_fields)
 
 if TYPE_CHECKING:
+    import types
+    from typing import Any
+
+    from ._job import Popen
+    from ._procfs import PidOrSelf
     from ._records import JobEvent, JobStats
+
+if TYPE_CHECKING and sys.platform != "linux":
+    # Never true at run time. It tells mypy, checking for another platform, that this
+    # Linux-only module ends here, instead of reporting each Linux API below as missing.
+    raise ImportError("pgjob._linux is Linux-only")
 
 
 def lower_data_limit(pid: int, limit: int) -> None:
@@ -84,7 +96,7 @@ class _LinuxJob(JobBackend):
         self._data_limit = (-1 if options.process_memory_limit is None
                             else options.process_memory_limit)
         self._lock = threading.Lock()
-        self._members: list = []  # running (or not yet noted as exited)
+        self._members: list[_Member] = []  # running (or not yet noted as exited)
         # Every member's pidfd, registered once: a spawn's look for exited members is then one
         # poll(0), not a poll object and a register per member.
         self._exit_poller = select.poll()
@@ -93,7 +105,8 @@ class _LinuxJob(JobBackend):
         # Bounded: a job nobody reads events from would otherwise grow by two entries per
         # process it starts, for its whole life. The oldest go first, counted, and the next
         # next_event() logs how many (Windows, too, does not guarantee delivery).
-        self._events: collections.deque = collections.deque(maxlen=MAX_QUEUED_EVENTS)
+        self._events: collections.deque[tuple[EventKind, Optional[int]]] = collections.deque(
+            maxlen=MAX_QUEUED_EVENTS)
         self._events_dropped = 0  # since the last next_event()
         self._waiting = 0  # threads inside next_event()'s poll: the ones a spawn must wake
         self._started = 0
@@ -119,25 +132,26 @@ class _LinuxJob(JobBackend):
         self._wake_read = self._wake_write = -1
 
     # subclass hooks
-    def _spawn_member(self, fork_exec_args: tuple) -> tuple:
+    def _spawn_member(self, fork_exec_args: tuple[Any, ...]) -> tuple[int, int]:
         raise NotImplementedError
 
     def _others_alive(self) -> bool:
         """Members beyond the ones we hold pidfds for (their descendants, daemons)."""
         return False
 
-    def _event_fds(self) -> list:
+    def _event_fds(self) -> list[int]:
         """Descriptors that signal POLLPRI when the job changes (a cgroup's cgroup.events)."""
         return []
 
     # membership
-    def execute_child(self, popen, execute_child, args) -> None:
+    def execute_child(self, popen: Popen, execute_child: types.FunctionType,
+                      args: tuple[Any, ...]) -> None:
         if self._forked_from is not None:
             raise JobClosedError(
                 errno.EBADF, f"this job belongs to process {self._forked_from}; in this fork of "
                 "it (pid %d) the job is inert and can start no processes" % os.getpid())
 
-        def fork_exec(*fork_exec_args):
+        def fork_exec(*fork_exec_args: Any) -> int:
             if self._members:
                 self._note_exits()
             pid, pidfd = self._spawn_member(fork_exec_args)
@@ -182,7 +196,7 @@ class _LinuxJob(JobBackend):
         self._members.append(_Member(pid, pidfd))
         self._exit_poller.register(pidfd, select.POLLIN)
 
-    def _note_exits(self) -> list:
+    def _note_exits(self) -> list[_Member]:
         """Mark members whose pidfd turned readable (the process exited), queue their
         EXIT_PROCESS and close their pidfd (a long-lived job must not hold one descriptor per
         process it ever started); return the live ones."""
@@ -210,7 +224,7 @@ class _LinuxJob(JobBackend):
     def _member_exited(self, pid: int) -> None:
         """Hook, called with the lock held."""
 
-    def _poll_exits(self) -> list:
+    def _poll_exits(self) -> list[_Member]:
         """_note_exits(), and queue ACTIVE_PROCESS_ZERO once nobody is left, the members'
         descendants included."""
         live = self._note_exits()
@@ -269,7 +283,7 @@ class _LinuxJob(JobBackend):
                 with self._lock:
                     self._waiting -= 1
 
-    def _poll_slice_ms(self, live: list, remaining: Optional[float]) -> Optional[int]:
+    def _poll_slice_ms(self, live: list[_Member], remaining: Optional[float]) -> Optional[int]:
         """How long to sleep in poll(): members we hold no pidfd for (daemons, grandchildren)
         don't wake us, so while only they can be left, look again every 50 ms."""
         slice_ms = None if live or not self._zero_pending else 50
@@ -347,7 +361,7 @@ class NamespaceJob(_LinuxJob):
         self._init = init          # the namespace job.popen() starts processes in
         self._inits = [init]       # every namespace whose processes are members
 
-    def _spawn_member(self, fork_exec_args: tuple) -> tuple:
+    def _spawn_member(self, fork_exec_args: tuple[Any, ...]) -> tuple[int, int]:
         # Members arm no PR_SET_PDEATHSIG: the init watches the owner for the whole namespace,
         # so any thread may spawn.
         init = self._init
@@ -364,7 +378,7 @@ class NamespaceJob(_LinuxJob):
                 "exited (killed by someone, or by the OOM killer), and with it every member; "
                 "this job can start no more processes") from exc
 
-    def pids(self) -> list:
+    def pids(self) -> list[int]:
         return _namespace_members({i.namespace for i in self._inits},
                                   {i.pid for i in self._inits})
 
@@ -427,22 +441,22 @@ class PdeathsigJob(_LinuxJob):
     mechanism = "pdeathsig"
     spawn_path = "vfork_pdeathsig"
 
-    def _spawn_member(self, fork_exec_args: tuple) -> tuple:
+    def _spawn_member(self, fork_exec_args: tuple[Any, ...]) -> tuple[int, int]:
         if not self.options.kill_on_close:
             return _spawn(fork_exec_args, -1, -1, False, -1, self._data_limit)
         return _SPAWN_THREAD.call(_spawn, fork_exec_args, -1, -1, True, -1, self._data_limit)
 
     def __init__(self, options: JobOptions) -> None:
         super().__init__(options)
-        self._exited: list = []  # members noted as exited, while they may be zombies
+        self._exited: list[int] = []  # members noted as exited, while they may be zombies
 
     def _member_exited(self, pid: int) -> None:
         self._exited.append(pid)
 
-    def _roots(self) -> list:
+    def _roots(self) -> list[int]:
         return [m.pid for m in self._poll_exits()]
 
-    def pids(self) -> list:
+    def pids(self) -> list[int]:
         roots = self._roots()
         return _descendants(roots) if roots else []
 
@@ -526,7 +540,7 @@ class CgroupJob(_LinuxJob):
             _close_quietly(fd)
         self._dirfd = self._events_fd = -1
 
-    def _watcher_died(self, watcher) -> None:
+    def _watcher_died(self, watcher: _cgroup.Watcher) -> None:
         """From the monitor thread: our watcher is gone while the job is open."""
         with self._lock:
             if self._closed or watcher is not self._watcher:
@@ -557,7 +571,7 @@ class CgroupJob(_LinuxJob):
         logger.warning("a new watcher (pid %d) protects job cgroup %s again", new.pid, self._dir)
 
     # membership
-    def _spawn_member(self, fork_exec_args: tuple) -> tuple:
+    def _spawn_member(self, fork_exec_args: tuple[Any, ...]) -> tuple[int, int]:
         # No PR_SET_PDEATHSIG: the watcher covers the whole cgroup, so any thread may spawn.
         return _spawn(fork_exec_args, -1, -1, False, self._dirfd, self._data_limit)
 
@@ -620,7 +634,8 @@ class CgroupJob(_LinuxJob):
         """Undo assign_current(): move this process back where it was (a failure half-way
         through protect_children())."""
         if self._holds_self:
-            back = self._h.path_of(self._before) or self._h.own_dir
+            # A str: assign_current() read it in the v2 hierarchy discover() found us in.
+            back = self._h.path_of(cast(str, self._before)) or self._h.own_dir
             _cgroup.move(back, os.getpid(), self._h)
             self._holds_self = False
 
@@ -629,7 +644,7 @@ class CgroupJob(_LinuxJob):
         # Job.close() then keeps the protection for the process lifetime.
         return self._holds_self
 
-    def pids(self) -> list:
+    def pids(self) -> list[int]:
         return [pid for pid in _cgroup.procs(self._dir) if _running(pid)]
 
     def contains(self, pid: int) -> bool:
@@ -654,10 +669,10 @@ class CgroupJob(_LinuxJob):
         me = os.getpid()
         return any(pid != me for pid in self.pids())
 
-    def _event_fds(self) -> list:
+    def _event_fds(self) -> list[int]:
         return [self._events_fd] if self._events_fd >= 0 else []
 
-    def _poll_exits(self) -> list:
+    def _poll_exits(self) -> list[_Member]:
         live = super()._poll_exits()
         for name, key, kind in (("memory.events", "oom_kill", EventKind.JOB_MEMORY_LIMIT),
                                 ("pids.events", "max", EventKind.ACTIVE_PROCESS_LIMIT)):
@@ -801,7 +816,7 @@ GUARANTEES = {
 }
 
 
-def candidates(options: JobOptions, current_process: bool = False) -> list:
+def candidates(options: JobOptions, current_process: bool = False) -> list[str]:
     """The mechanisms to try, best first, for a Job that did not name one. `current_process`:
     the job is for this process itself (protect_children()), and a process can't move itself
     into a PID namespace, only into a cgroup."""
@@ -830,7 +845,7 @@ def open_mechanism(name: str, options: JobOptions) -> JobBackend:
     raise UnsupportedError(errno.EOPNOTSUPP, f"mechanism {name!r} is not available on Linux")
 
 
-def _in_job_cgroup(pid) -> bool:
+def _in_job_cgroup(pid: PidOrSelf) -> bool:
     try:
         path = _cgroup.own_cgroup(pid)
     except OSError:

@@ -7,9 +7,11 @@ import errno
 import os
 import select
 import signal
+import sys
 import threading
 import time
 import weakref
+from typing import TYPE_CHECKING
 
 from . import _jobobject as c
 from ._base import JobOptions
@@ -18,13 +20,26 @@ from ._log import logger
 from ._linux_spawn import _SPAWN_THREAD
 from ._procfs import _close_quietly, _open_above_stdio
 
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _ForkAware(Protocol):
+        """What _HOLDERS holds: an object whose descriptors a fork's copy must let go of."""
+
+        def after_fork_in_child(self, owner: int) -> None: ...
+
+if TYPE_CHECKING and sys.platform != "linux":
+    # Never true at run time. It tells mypy, checking for another platform, that this
+    # Linux-only module ends here, instead of reporting each Linux API below as missing.
+    raise ImportError("pgjob._linux_helpers is Linux-only")
+
 
 # -- the program the helpers exec -----------------------------------------------------------------
 
 HELPER_NAME = "pgjob-helper"
 
 
-_HELPER_FOUND: dict = {}  # extension file -> the helper's path, once checked
+_HELPER_FOUND: dict[str, str] = {}  # extension file -> the helper's path, once checked
 
 
 def helper_path() -> str:
@@ -49,7 +64,7 @@ def helper_path() -> str:
 
 # Every object that holds descriptors of a helper or member, so that a fork's copies can be
 # made inert.
-_HOLDERS: "weakref.WeakSet" = weakref.WeakSet()
+_HOLDERS: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -71,7 +86,7 @@ _OWNER_PID = [os.getpid()]
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _KILLED_INIT_WAIT_MS = 20  # how long close() waits for a killed init before reaping it later
-_UNREAPED_INITS: list = []  # pidfds of inits we no longer use that had not exited yet
+_UNREAPED_INITS: list[int] = []  # pidfds of inits we no longer use that had not exited yet
 _UNREAPED_LOCK = threading.Lock()
 
 
@@ -205,10 +220,11 @@ class _Init:
 
 # -- choosing a mechanism -------------------------------------------------------------------------
 
-_NAMESPACE_FLAGS: dict = {}  # pid -> (clone_flags, map_ids) that worked in that process
+# pid -> (clone_flags, map_ids) that worked in that process
+_NAMESPACE_FLAGS: dict[int, tuple[int, bool]] = {}
 
 
-def _start_job_init(options: JobOptions) -> tuple:
+def _start_job_init(options: JobOptions) -> tuple[_Init, int, bool]:
     """Start the init of a new PID namespace for a job: (_Init, clone_flags, map_ids).
     CLONE_NEWPID alone works with CAP_SYS_ADMIN, else an unprivileged user namespace is
     needed too; which one works is remembered per process. Raises the OSError of the last
@@ -247,7 +263,7 @@ def _start_job_init(options: JobOptions) -> tuple:
     raise failure
 
 
-def namespace_flags() -> tuple:
+def namespace_flags() -> tuple[int, bool]:
     """The clone flags that give a job its own PID namespace here, and whether a user
     namespace (with our ids mapped) is part of it; probed once per process."""
     found = _NAMESPACE_FLAGS.get(os.getpid())

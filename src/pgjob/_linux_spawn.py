@@ -10,11 +10,34 @@ import sys
 import threading
 import types
 import warnings
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from . import _jobobject as c
 from ._errors import UnsupportedError
 from ._log import logger
+
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any, Callable, TypeVar
+
+    from typing_extensions import TypeVarTuple, Unpack  # typing's own since 3.11
+
+    _T = TypeVar("_T")
+    _Ts = TypeVarTuple("_Ts")
+    # _jobobject.spawn's 21 leading arguments, as fork_exec got them: a tuple of fixed length,
+    # so that mypy can count the arguments _spawn passes after them.
+    _SpawnFields = tuple[Any, Any, Any, Any, Any, Any, Any, Any, Any, Any, Any, Any, Any, Any,
+                         Any, Any, Any, Any, Any, Any, Any]
+    _SpawnFieldPicker = Callable[[tuple[Any, ...]], _SpawnFields]
+    # What a thread hands _SpawnThread's thread: (fn, args, box for the result or the
+    # exception, event set when box is filled).
+    _SpawnRequest = tuple[Callable[..., object], tuple[object, ...], list[Any], threading.Event]
+
+if TYPE_CHECKING and sys.platform != "linux":
+    # Never true at run time. It tells mypy, checking for another platform, that this
+    # Linux-only module ends here, instead of reporting each Linux API below as missing
+    # (which is why each type: ignore below also names unused-ignore).
+    raise ImportError("pgjob._linux_spawn is Linux-only")
 
 # Popen reads "noexec:chdir" from the errpipe as "chdir(cwd) failed" since Python 3.13.
 _CHDIR_MARKER = sys.version_info >= (3, 13)
@@ -43,16 +66,17 @@ _FORK_EXEC_SHAPES = (
 _NEWEST_CHECKED = (3, 15)  # the last version whose subprocess.py the table was checked against
 
 
-def _fork_exec_shape(version: tuple) -> tuple:
+def _fork_exec_shape(version: tuple[object, ...]) -> tuple[str, tuple[str, ...]]:
     """(name _execute_child calls fork_exec by, argument names) for Python `version`."""
-    found: tuple = _FORK_EXEC_SHAPES[0]
+    found: tuple[tuple[int, int], str, tuple[str, ...]] = _FORK_EXEC_SHAPES[0]
     for shape in _FORK_EXEC_SHAPES:
         if tuple(version[:2]) >= shape[0]:
             found = shape
     return found[1], found[2]
 
 
-def _fork_exec_interface_problem(execute_child, fork_exec, version: tuple) -> Optional[str]:
+def _fork_exec_interface_problem(execute_child: types.FunctionType, fork_exec: Callable[..., int],
+                                 version: tuple[object, ...]) -> Optional[str]:
     """What is wrong with the private interface pgjob hooks into, for Python `version`; None if
     it looks as the table says. Checked: the globals _execute_child reads and that we replace
     (the fork_exec name, _USE_POSIX_SPAWN) exist, and, where fork_exec has a text signature
@@ -64,7 +88,7 @@ def _fork_exec_interface_problem(execute_child, fork_exec, version: tuple) -> Op
         if name not in used or name not in execute_child.__globals__:
             return (f"{where}: subprocess.Popen._execute_child no longer uses {name}, which "
                     f"pgjob replaces to start processes in a job")
-    signature = getattr(fork_exec, "__text_signature__", None)
+    signature: Optional[str] = getattr(fork_exec, "__text_signature__", None)
     if signature:
         params = [p.strip() for p in signature.strip("()").split(",")]
         params = [p for p in params if p and p not in ("$module", "/")]
@@ -86,7 +110,8 @@ def _check_fork_exec_interface() -> Optional[str]:
     except ImportError:
         return f"Python {sys.version_info[0]}.{sys.version_info[1]} has no _posixsubprocess"
     problem = _fork_exec_interface_problem(
-        subprocess.Popen._execute_child,  # type: ignore[attr-defined]
+        # Private: typeshed's Popen has no _execute_child.
+        subprocess.Popen._execute_child,  # type: ignore[attr-defined, unused-ignore]
         _posixsubprocess.fork_exec, sys.version_info)
     if problem is not None:
         logger.warning("%s: job.popen() is unavailable on this Python", problem)
@@ -107,12 +132,12 @@ class _PosixsubprocessWithJob:
     """Stands in for the _posixsubprocess module (Python 3.9/3.10 call it by module name):
     every attribute is the real module's, except fork_exec."""
 
-    def __init__(self, fork_exec) -> None:
+    def __init__(self, fork_exec: Callable[..., int]) -> None:
         import _posixsubprocess
         self._module = _posixsubprocess
         self.fork_exec = fork_exec
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._module, name)
 
 
@@ -125,22 +150,27 @@ class _Routed(threading.local):
     another thread subprocess's own fork_exec for an instant."""
 
     def __init__(self) -> None:
-        self.functions: dict = {}  # execute_child -> (namespace, rebuilt function)
-        self.fork_exec = None
+        # execute_child -> (namespace, rebuilt function)
+        self.functions: dict[types.FunctionType,
+                             tuple[dict[str, Any], types.FunctionType]] = {}
+        self.fork_exec: Optional[Callable[..., int]] = None
 
 
 _ROUTED = _Routed()
 
 
-def _routed_fork_exec(*args):
+def _routed_fork_exec(*args: Any) -> int:
     """What the rebuilt _execute_child calls instead of fork_exec: the current call's hook."""
-    return _ROUTED.fork_exec(*args)
+    # Not None here: run_execute_child sets it before the rebuilt _execute_child can call us
+    # (a cast would cost a call per spawn).
+    return _ROUTED.fork_exec(*args)  # type: ignore[misc, unused-ignore]
 
 
 _POSIXSUBPROCESS_ROUTED = _PosixsubprocessWithJob(_routed_fork_exec)
 
 
-def run_execute_child(execute_child, fork_exec, popen, args: tuple) -> None:
+def run_execute_child(execute_child: types.FunctionType, fork_exec: Callable[..., int],
+                      popen: subprocess.Popen[Any], args: tuple[Any, ...]) -> None:
     """Run Popen._execute_child (the function `execute_child`) for `popen` with its fork_exec
     call going to `fork_exec`. Re-entrant: an audit hook that starts a process of its own
     inside the call (subprocess raises its audit event before fork_exec) gets its own hook,
@@ -175,7 +205,7 @@ def run_execute_child(execute_child, fork_exec, popen, args: tuple) -> None:
             namespace["_fork_exec"] = _routed_fork_exec if outer is None else outer
 
 
-def _spawn_fields(names: tuple):
+def _spawn_fields(names: tuple[str, ...]) -> tuple[_SpawnFieldPicker, int]:
     """(picker, preexec_fn index) for the fork_exec argument names of this Python: the picker
     takes fork_exec's arguments plus _MISSING and returns _jobobject.spawn's leading ones."""
     import operator
@@ -192,8 +222,8 @@ _MISSING = (-1,)  # process_group where fork_exec has none: leave the group alon
 _PICK_SPAWN_FIELDS, _PREEXEC_FN = _spawn_fields(_FORK_EXEC_ARGS)
 
 
-def _spawn(fork_exec_args: tuple, pidns_fd: int, userns_fd: int, pdeathsig: bool,
-           cgroup_fd: int = -1, data_limit: int = -1) -> tuple:
+def _spawn(fork_exec_args: tuple[Any, ...], pidns_fd: int, userns_fd: int, pdeathsig: bool,
+           cgroup_fd: int = -1, data_limit: int = -1) -> tuple[int, int]:
     """Call _jobobject.spawn with what subprocess passed to _posixsubprocess.fork_exec;
     (pid, pidfd) of the program. cgroup_fd >= 0 (an O_DIRECTORY fd of a cgroup v2): the program
     is created inside that cgroup (clone3 CLONE_INTO_CGROUP, Linux 5.7). data_limit >= 0: the
@@ -222,7 +252,7 @@ class _SpawnThread:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._requests: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[_SpawnRequest] = queue.SimpleQueue()
         self._pid = -1
 
     def after_fork_in_child(self) -> None:
@@ -232,7 +262,7 @@ class _SpawnThread:
         self._requests = queue.SimpleQueue()
         self._pid = -1
 
-    def call(self, fn, *args):
+    def call(self, fn: Callable[[Unpack[_Ts]], _T], *args: Unpack[_Ts]) -> _T:
         if threading.current_thread() is threading.main_thread():
             return fn(*args)
         with self._lock:
@@ -243,15 +273,16 @@ class _SpawnThread:
                 self._pid = os.getpid()
             requests = self._requests
         done = threading.Event()
-        box: list = [None, None]
+        box: list[Any] = [None, None]
         requests.put((fn, args, box, done))
         done.wait()
         if box[1] is not None:
             raise box[1]
-        return box[0]
+        result: _T = box[0]  # what fn returned: _serve put it there
+        return result
 
     @staticmethod
-    def _serve(requests) -> None:
+    def _serve(requests: queue.SimpleQueue[_SpawnRequest]) -> None:
         while True:
             fn, args, box, done = requests.get()
             try:

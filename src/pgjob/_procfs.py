@@ -5,7 +5,19 @@ from __future__ import annotations
 import collections
 import fcntl
 import os
-from typing import Optional
+import sys
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from typing import Literal, Union
+
+    # What /proc/<pid> is read for: a pid, or "self" for this process.
+    PidOrSelf = Union[int, Literal["self"]]
+
+if TYPE_CHECKING and sys.platform != "linux":
+    # Never true at run time. It tells mypy, checking for another platform, that this
+    # Linux-only module ends here, instead of reporting each Linux API below as missing.
+    raise ImportError("pgjob._procfs is Linux-only")
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -25,7 +37,7 @@ def _above_stdio(fd: int) -> int:
         os.close(fd)
 
 
-def _pipe_above_stdio() -> tuple:
+def _pipe_above_stdio() -> tuple[int, int]:
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         read_end = _above_stdio(read_end)
@@ -45,11 +57,11 @@ def _open_above_stdio(path: str) -> int:
 
 # -- procfs ---------------------------------------------------------------------------------
 
-def _all_pids() -> list:
+def _all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def _pid_namespace(pid) -> Optional[tuple]:
+def _pid_namespace(pid: PidOrSelf) -> Optional[tuple[int, int]]:
     """(st_dev, st_ino) of the PID namespace `pid` (or "self") lives in; None if it is gone.
 
     A process that exits between listing /proc and this stat is a benign race: it is no
@@ -61,7 +73,7 @@ def _pid_namespace(pid) -> Optional[tuple]:
     return (st.st_dev, st.st_ino)
 
 
-def _stat_fields(pid: int) -> Optional[list]:
+def _stat_fields(pid: int) -> Optional[list[bytes]]:
     """Fields of /proc/<pid>/stat after the command name (field 3, "state", is index 0)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -71,7 +83,7 @@ def _stat_fields(pid: int) -> Optional[list]:
     return data[data.rindex(b")") + 2:].split()
 
 
-def _nspid_depth(pid) -> int:
+def _nspid_depth(pid: PidOrSelf) -> int:
     """How many PID namespaces `pid` is nested in (1: the initial one), from NSpid."""
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
@@ -86,7 +98,7 @@ def _running(pid: int) -> bool:
     return fields is not None and fields[0] not in (b"Z", b"X")
 
 
-def _namespace_members(namespaces: set, inits: set) -> list:
+def _namespace_members(namespaces: set[tuple[int, int]], inits: set[int]) -> list[int]:
     """Host pids of the running processes in one of `namespaces` (as _pid_namespace returns
     them), pgjob's own inits (`inits`) left out."""
     if not namespaces:
@@ -95,9 +107,9 @@ def _namespace_members(namespaces: set, inits: set) -> list:
             if pid not in inits and _pid_namespace(pid) in namespaces and _running(pid)]
 
 
-def _descendants(roots: list) -> list:
+def _descendants(roots: list[int]) -> list[int]:
     """`roots` and every process whose parent chain leads to one of them (one /proc pass)."""
-    children = collections.defaultdict(list)
+    children: collections.defaultdict[int, list[int]] = collections.defaultdict(list)
     for pid in _all_pids():
         fields = _stat_fields(pid)
         if fields is not None:
@@ -111,7 +123,7 @@ def _descendants(roots: list) -> list:
     return sorted(found)
 
 
-def _cpu_times(pids: list) -> tuple:
+def _cpu_times(pids: list[int]) -> tuple[float, float]:
     """User and system seconds of `pids` plus the children each of them has reaped."""
     user = system = 0
     for pid in pids:
@@ -137,7 +149,7 @@ def _signal_quietly(pid: int, sig: int) -> None:
     except ProcessLookupError:
         pass  # exited since we listed it
 
-def _pid_namespace_for_children() -> Optional[tuple]:
+def _pid_namespace_for_children() -> Optional[tuple[int, int]]:
     try:
         st = os.stat("/proc/thread-self/ns/pid_for_children")
     except OSError:

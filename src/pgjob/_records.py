@@ -1,20 +1,19 @@
-"""The records pgjob hands back: JobStats and JobEvent, small frozen dataclasses.
+"""The records pgjob hands back: JobStats and JobEvent, immutable named tuples.
 
-They live apart from _base so that `import pgjob` does not import dataclasses (and with it
-inspect): this module is loaded the first time a record is made.
+Named tuples, as psutil's records are: immutable, hashable, compared field by field, with
+`_asdict()` and `_replace()`, and built from `typing`, which `import pgjob` loads anyway
+(a dataclass would load `dataclasses` and with it `inspect`: more than the rest of pgjob).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ._base import EventKind
 
 __all__ = ["JobStats", "JobEvent"]
 
 
-@dataclasses.dataclass(frozen=True)
-class JobStats:
+class JobStats(NamedTuple):
     """Accounting for a job. Fields an OS can't report are None."""
 
     active_processes: int
@@ -29,8 +28,7 @@ class JobStats:
     peak_processes: Optional[int] = None  # most processes at once (Linux cgroup: pids.peak)
 
 
-@dataclasses.dataclass(frozen=True)
-class JobEvent:
+class JobEvent(NamedTuple):
     """One notification about the job. `pid` is None for job-wide events.
 
     ABNORMAL_EXIT_PROCESS means the member died from an exception or a signal: on Windows an

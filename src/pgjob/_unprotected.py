@@ -8,12 +8,16 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from ._base import JobBackend, JobOptions, records as _records
+from . import _records
+from ._base import JobBackend, JobOptions
 from ._errors import UnsupportedError
 
 if TYPE_CHECKING:
+    import types
+
+    from ._job import Popen
     from ._records import JobEvent, JobStats
 
 
@@ -22,18 +26,19 @@ class UnprotectedJob(JobBackend):
 
     def __init__(self, options: JobOptions) -> None:
         self.options = options
-        self._children: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+        self._children: "weakref.WeakValueDictionary[int, Popen]" = weakref.WeakValueDictionary()
         self._started = 0
         self._lock = threading.Lock()
 
-    def execute_child(self, popen, execute_child, args) -> None:
+    def execute_child(self, popen: Popen, execute_child: types.FunctionType,
+                      args: tuple[Any, ...]) -> None:
         execute_child(popen, *args)
         popen.spawn_path = "plain"
         with self._lock:
             self._children[popen.pid] = popen
             self._started += 1
 
-    def _alive(self) -> list:
+    def _alive(self) -> list[Popen]:
         with self._lock:
             popens = list(self._children.values())
         return [p for p in popens if p.poll() is None]
@@ -47,7 +52,7 @@ class UnprotectedJob(JobBackend):
     def contains(self, pid: int) -> bool:
         return any(p.pid == pid for p in self._alive())
 
-    def pids(self) -> list:
+    def pids(self) -> list[int]:
         return [p.pid for p in self._alive()]
 
     def terminate(self, exit_code: int) -> None:
@@ -85,10 +90,10 @@ class UnprotectedJob(JobBackend):
         return None
 
 
-GUARANTEES: dict = {}
+GUARANTEES: dict[str, str] = {}
 
 
-def candidates(options: JobOptions, current_process: bool = False) -> list:
+def candidates(options: JobOptions, current_process: bool = False) -> list[str]:
     """Platforms pgjob has no kernel mechanism for (e.g. macOS): nothing to try."""
     return []
 

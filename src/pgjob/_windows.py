@@ -16,15 +16,26 @@ import threading
 import time
 import types
 import warnings
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, cast
 
 from . import _jobobject as c
-from ._base import EventKind, JobBackend, JobOptions, records as _records
+from . import _records
+from ._base import EventKind, JobBackend, JobOptions
 from ._errors import ProcessExitedError, UnsupportedError
 from ._log import logger
 
 if TYPE_CHECKING:
+    from ._job import Popen
     from ._records import JobEvent, JobStats
+
+    if sys.platform == "win32":
+        from subprocess import STARTUPINFO
+    else:
+        # mypy checks every module for the --platform it is given; this one is imported only
+        # on Windows (by _job.py), and `import _winapi` fails elsewhere: mypy stops here, once
+        # the Windows-only name the annotations below use is bound.
+        STARTUPINFO = Any
+        raise ImportError("pgjob._windows is the Windows backend")
 
 
 _PROCESS_QUERY_INFORMATION = 0x0400
@@ -93,7 +104,7 @@ def _check_popen_interface() -> Optional[str]:
     import dis  # only here: the stack arithmetic below is what dis knows per version
     calls = ("CALL", "CALL_FUNCTION", "CALL_METHOD", "PRECALL")
     instructions = list(dis.get_instructions(code))
-    counts: list = []
+    counts: list[Optional[int]] = []  # positional argument counts; None: not positional
     for i, ins in enumerate(instructions):
         if ins.argval != "CreateProcess" or ins.opname not in ("LOAD_ATTR", "LOAD_METHOD"):
             continue
@@ -149,7 +160,7 @@ _SORTS_ENVIRONMENT = (sys.version_info >= (3, 12, 2)
                       or (3, 11, 8) <= sys.version_info < (3, 12))
 
 
-def _environment_sort_key(key):
+def _environment_sort_key(key: object) -> str:
     """_winapi's sort key: LCMapStringEx(LOCALE_NAME_INVARIANT, LCMAP_UPPERCASE), Windows'
     own per-character upper-casing ("ß" stays "ß"; str.upper() would make it "SS")."""
     if not isinstance(key, str):
@@ -159,7 +170,7 @@ def _environment_sort_key(key):
     return _winapi.LCMapStringEx(_winapi.LOCALE_NAME_INVARIANT, _winapi.LCMAP_UPPERCASE, key)
 
 
-def environment_block(env) -> Optional[str]:
+def environment_block(env: Optional[Mapping[str, str]]) -> Optional[str]:
     """The UTF-16 environment block CreateProcessW wants, built step by step as _winapi's
     getenvironment() builds it, so that job.popen fails exactly where subprocess.Popen does,
     with the same exception, and passes the same variables.
@@ -201,16 +212,18 @@ class _WinapiWithJob:
     """Stands in for the _winapi module inside one Popen._execute_child call: every
     attribute is _winapi's, except CreateProcess, which spawns into the job."""
 
-    def __init__(self, job: "WindowsJob", popen) -> None:
+    def __init__(self, job: "WindowsJob", popen: "Popen") -> None:
         self._job = job
         self._popen = popen
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:  # whatever _winapi has under that name
         return getattr(_winapi, name)
 
-    def CreateProcess(self, application_name, command_line, process_attributes,
-                      thread_attributes, inherit_handles, creation_flags, env, cwd,
-                      startupinfo):
+    def CreateProcess(self, application_name: object, command_line: str,
+                      process_attributes: object, thread_attributes: object,
+                      inherit_handles: int, creation_flags: object,
+                      env: Optional[Mapping[str, str]], cwd: Optional[str],
+                      startupinfo: "STARTUPINFO") -> tuple[int, int, int, int]:
         # _winapi's argument converters run before it looks at the environment: check the
         # caller's own values first too, with _winapi's messages, so that a call with two bad
         # arguments fails here exactly as in subprocess.Popen. (An out-of-range int is masked
@@ -234,7 +247,7 @@ class _WinapiWithJob:
         spawn_args = (application_name, command_line, bool(inherit_handles), creation_flags,
                       block, cwd, si.dwFlags, si.wShowWindow,
                       int(si.hStdInput or 0), int(si.hStdOutput or 0), int(si.hStdError or 0),
-                      handle_list, job.handle)
+                      handle_list, cast(int, job.handle))
         use_job_list = not job.job_list_refused and _use_job_list()
         try:
             hp, ht, pid, tid, path = c.CreateProcessInJob(*spawn_args, use_job_list)
@@ -273,14 +286,15 @@ class _WinapiWithJob:
         return hp, ht, pid, tid
 
 
-def _execute_child_with(job: "WindowsJob", popen, execute_child):
+def _execute_child_with(job: "WindowsJob", popen: "Popen",
+                        execute_child: types.FunctionType) -> types.FunctionType:
     namespace = dict(execute_child.__globals__)
     namespace["_winapi"] = _WinapiWithJob(job, popen)
     return types.FunctionType(execute_child.__code__, namespace, execute_child.__name__,
                               execute_child.__defaults__, execute_child.__closure__)
 
 
-def resume(popen) -> None:
+def resume(popen: "Popen") -> None:
     """Resume a child started with CREATE_SUSPENDED (pgjob.Popen keeps its thread handle)."""
     thread = getattr(popen, "_suspended_thread", None)
     if thread is None:
@@ -297,6 +311,8 @@ class WindowsJob(JobBackend):
 
     def __init__(self, options: JobOptions) -> None:
         self.options = options
+        # None once closed or detached. Job calls no other method after that (a borrow,
+        # Job._use, keeps the handles open until it returns): those methods cast to int.
         self.handle: Optional[int] = None
         self.port: Optional[int] = None
         self._in_self = False
@@ -334,7 +350,8 @@ class WindowsJob(JobBackend):
         self.handle, self.port = job, port
 
     # membership
-    def execute_child(self, popen, execute_child, args) -> None:
+    def execute_child(self, popen: "Popen", execute_child: types.FunctionType,
+                      args: tuple[Any, ...]) -> None:
         if _POPEN_INTERFACE_PROBLEM is not None:
             raise UnsupportedError(errno.EOPNOTSUPP, f"job.popen() is unavailable on Python "
                                        f"{sys.version.split()[0]}: {_POPEN_INTERFACE_PROBLEM}")
@@ -386,7 +403,7 @@ class WindowsJob(JobBackend):
         except OSError:
             return  # gone already, or not ours to open: its exit event has no exit code
         try:
-            if c.IsProcessInJob(h, self.handle):
+            if c.IsProcessInJob(h, cast(int, self.handle)):
                 self.hold_member(pid, h)
         except OSError:
             pass
@@ -406,7 +423,7 @@ class WindowsJob(JobBackend):
                                              exc.winerror) from exc
                 raise
         try:
-            c.AssignProcessToJobObject(self.handle, handle)
+            c.AssignProcessToJobObject(cast(int, self.handle), handle)
         except OSError as exc:
             # A process that exited between the caller's decision and our call can't be
             # assigned (ACCESS_DENIED); that benign race is reported as ProcessExitedError.
@@ -427,7 +444,7 @@ class WindowsJob(JobBackend):
                 _winapi.CloseHandle(opened)
 
     def assign_current(self) -> None:
-        c.AssignProcessToJobObject(self.handle, _CURRENT_PROCESS)
+        c.AssignProcessToJobObject(cast(int, self.handle), _CURRENT_PROCESS)
         self._in_self = True
 
     def holds_current_process(self) -> bool:
@@ -437,23 +454,23 @@ class WindowsJob(JobBackend):
 
     def contains(self, pid: int) -> bool:
         if pid == os.getpid():
-            return c.IsProcessInJob(_CURRENT_PROCESS, self.handle)
+            return c.IsProcessInJob(_CURRENT_PROCESS, cast(int, self.handle))
         # The pid list, not OpenProcess: a member we may not open is still a member.
-        return pid in c.QueryJobProcessIdList(self.handle)
+        return pid in c.QueryJobProcessIdList(cast(int, self.handle))
 
-    def pids(self) -> list:
-        return c.QueryJobProcessIdList(self.handle)
+    def pids(self) -> list[int]:
+        return c.QueryJobProcessIdList(cast(int, self.handle))
 
     def terminate(self, exit_code: int) -> None:
         if self._in_self:
             # Killing the job would kill us too: kill every other member instead.
             self._terminate_others(exit_code)
         else:
-            c.TerminateJobObject(self.handle, exit_code)
+            c.TerminateJobObject(cast(int, self.handle), exit_code)
 
     def _terminate_others(self, exit_code: int) -> None:
         me = os.getpid()
-        for pid in c.QueryJobProcessIdList(self.handle):
+        for pid in c.QueryJobProcessIdList(cast(int, self.handle)):
             if pid == me:
                 continue
             try:
@@ -466,7 +483,7 @@ class WindowsJob(JobBackend):
             try:
                 # The pid may name another process by now (Windows reuses pids): the open
                 # handle pins whatever it names, so ask the kernel before killing it.
-                if c.IsProcessInJob(h, self.handle):
+                if c.IsProcessInJob(h, cast(int, self.handle)):
                     _winapi.TerminateProcess(h, exit_code)
             except OSError:
                 pass  # exited between OpenProcess and TerminateProcess
@@ -476,7 +493,7 @@ class WindowsJob(JobBackend):
     def stats(self) -> JobStats:
         global _IO_ACCOUNTING
         try:
-            values = c.QueryJobAccounting(self.handle, _IO_ACCOUNTING)
+            values = c.QueryJobAccounting(cast(int, self.handle), _IO_ACCOUNTING)
         except OSError as exc:
             # The combined class is missing on some implementations (Wine 8); the basic
             # one is everywhere. Remember, so the fallback costs one failed call per process.
@@ -485,11 +502,13 @@ class WindowsJob(JobBackend):
                                                           c.ERROR_CALL_NOT_IMPLEMENTED):
                 raise
             _IO_ACCOUNTING = False
-            values = c.QueryJobAccounting(self.handle, False)
+            values = c.QueryJobAccounting(cast(int, self.handle), False)
+        read: Optional[int]  # None below when the I/O counters were not read
+        write: Optional[int]
         total, active, terminated, user, kernel, read, write = values
         if not _IO_ACCOUNTING:
             read = write = None
-        limits = c.QueryJobExtendedLimits(self.handle)
+        limits = c.QueryJobExtendedLimits(cast(int, self.handle))
         peak_process, peak_job = limits[4], limits[5]
         return _records.JobStats(active_processes=active, total_processes=total,
                                  terminated_processes=terminated, user_time=user / 1e7,
@@ -498,7 +517,7 @@ class WindowsJob(JobBackend):
 
     def next_event(self, timeout: Optional[float]) -> Optional[JobEvent]:
         ms = 0xFFFFFFFE if timeout is None else min(int(timeout * 1000), 0xFFFFFFFE)
-        message = c.GetQueuedCompletionStatus(self.port, ms)
+        message = c.GetQueuedCompletionStatus(cast(int, self.port), ms)
         if message is None:
             return None
         msg, _key, value = message
@@ -523,7 +542,7 @@ class WindowsJob(JobBackend):
         deadline = None if timeout is None else time.monotonic() + timeout
         me = os.getpid()
         while True:
-            members = [p for p in c.QueryJobProcessIdList(self.handle) if p != me]
+            members = [p for p in c.QueryJobProcessIdList(cast(int, self.handle)) if p != me]
             if not members:
                 return True
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -534,11 +553,12 @@ class WindowsJob(JobBackend):
             slice_s = 0.5 if remaining is None else min(remaining, 0.5)
             self._wait_any(members, slice_s)
 
-    def _wait_any(self, pids: list, timeout: float) -> None:
+    def _wait_any(self, pids: list[int], timeout: float) -> None:
         """Block until one of `pids` exits or `timeout` passes. Members we hold a handle for
         are waited on by it; others are opened now. A member we may not open is waited for
         by time alone (re-listed after `timeout`), never by returning at once: that spun."""
-        handles, opened = [], []
+        handles: list[int] = []
+        opened: list[int] = []
         try:
             for pid in pids:
                 if len(handles) == 63:  # WaitForMultipleObjects takes at most 64 handles
@@ -603,7 +623,7 @@ class WindowsJob(JobBackend):
 GUARANTEES = {"job_object": "the kernel terminates every member when this process dies"}
 
 
-def candidates(options: JobOptions, current_process: bool = False) -> list:
+def candidates(options: JobOptions, current_process: bool = False) -> list[str]:
     """The mechanisms to try, best first, for a Job that did not name one."""
     return ["job_object"]
 

@@ -54,6 +54,15 @@ def test_cli_passes_mypy_strict(tmp_path, monkeypatch, platform):
              os.path.join(here, "__main__.py"))
 
 
+@pytest.mark.skipif(INSTALLED, reason="checks pgjob's own source; mypy won't check files "
+                    "inside site-packages")
+@pytest.mark.parametrize("platform", ["linux", "win32", "darwin"])
+def test_the_whole_package_passes_mypy_strict(tmp_path, monkeypatch, platform):
+    """Internals included: each backend is checked for the platform it runs on (the others
+    stop mypy at their top, as they are never imported there)."""
+    run_mypy(tmp_path, monkeypatch, platform, "-p", "pgjob")
+
+
 def test_stub_and_marker_ship_with_the_package():
     here = os.path.dirname(os.path.abspath(pgjob.__file__))
     assert os.path.isfile(os.path.join(here, "py.typed"))
