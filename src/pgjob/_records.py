@@ -1,34 +1,51 @@
-"""The records pgjob hands back: JobStats and JobEvent, immutable named tuples.
-
-Named tuples, as psutil's records are: immutable, hashable, compared field by field, with
-`_asdict()` and `_replace()`, and built from `typing`, which `import pgjob` loads anyway
-(a dataclass would load `dataclasses` and with it `inspect`: more than the rest of pgjob).
-"""
+"""The records pgjob hands back: JobStats and JobEvent, immutable plain records (_base._Record:
+compared and hashed by their fields, `_asdict()`, `_replace()`, picklable)."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
-from ._base import EventKind
+from ._base import EventKind, _Record
 
 __all__ = ["JobStats", "JobEvent"]
 
 
-class JobStats(NamedTuple):
+class JobStats(_Record):
     """Accounting for a job. Fields an OS can't report are None."""
 
+    __slots__ = ("active_processes", "total_processes", "terminated_processes", "user_time",
+                 "kernel_time", "peak_process_memory", "peak_job_memory", "read_bytes",
+                 "write_bytes", "peak_processes")
+
     active_processes: int
-    total_processes: Optional[int] = None
-    terminated_processes: Optional[int] = None
-    user_time: Optional[float] = None  # seconds, summed over all members ever
-    kernel_time: Optional[float] = None  # seconds
-    peak_process_memory: Optional[int] = None  # bytes
-    peak_job_memory: Optional[int] = None  # bytes
-    read_bytes: Optional[int] = None
-    write_bytes: Optional[int] = None
-    peak_processes: Optional[int] = None  # most processes at once (Linux cgroup: pids.peak)
+    total_processes: Optional[int]
+    terminated_processes: Optional[int]
+    user_time: Optional[float]  # seconds, summed over all members ever
+    kernel_time: Optional[float]  # seconds
+    peak_process_memory: Optional[int]  # bytes
+    peak_job_memory: Optional[int]  # bytes
+    read_bytes: Optional[int]
+    write_bytes: Optional[int]
+    peak_processes: Optional[int]  # most processes at once (Linux cgroup: pids.peak)
+
+    def __init__(self, active_processes: int, total_processes: Optional[int] = None,
+                 terminated_processes: Optional[int] = None, user_time: Optional[float] = None,
+                 kernel_time: Optional[float] = None, peak_process_memory: Optional[int] = None,
+                 peak_job_memory: Optional[int] = None, read_bytes: Optional[int] = None,
+                 write_bytes: Optional[int] = None, peak_processes: Optional[int] = None) -> None:
+        init = object.__setattr__
+        init(self, "active_processes", active_processes)
+        init(self, "total_processes", total_processes)
+        init(self, "terminated_processes", terminated_processes)
+        init(self, "user_time", user_time)
+        init(self, "kernel_time", kernel_time)
+        init(self, "peak_process_memory", peak_process_memory)
+        init(self, "peak_job_memory", peak_job_memory)
+        init(self, "read_bytes", read_bytes)
+        init(self, "write_bytes", write_bytes)
+        init(self, "peak_processes", peak_processes)
 
 
-class JobEvent(NamedTuple):
+class JobEvent(_Record):
     """One notification about the job. `pid` is None for job-wide events.
 
     ABNORMAL_EXIT_PROCESS means the member died from an exception or a signal: on Windows an
@@ -37,7 +54,17 @@ class JobEvent(NamedTuple):
     message code (Windows JOB_OBJECT_MSG_*), None where the event has no kernel message.
     """
 
+    __slots__ = ("kind", "pid", "exit_code", "os_message")
+
     kind: EventKind
-    pid: Optional[int] = None
-    exit_code: Optional[int] = None
-    os_message: Optional[int] = None
+    pid: Optional[int]
+    exit_code: Optional[int]
+    os_message: Optional[int]
+
+    def __init__(self, kind: EventKind, pid: Optional[int] = None,
+                 exit_code: Optional[int] = None, os_message: Optional[int] = None) -> None:
+        init = object.__setattr__
+        init(self, "kind", kind)
+        init(self, "pid", pid)
+        init(self, "exit_code", exit_code)
+        init(self, "os_message", os_message)

@@ -57,6 +57,42 @@ def test_error_numbers_mean_the_same_on_this_platform():
     assert not wrong, wrong
 
 
+@pytest.mark.parametrize("record", [
+    pgjob.JobStats(2, total_processes=5, user_time=0.25),
+    pgjob.JobEvent(pgjob.EventKind.EXIT_PROCESS, pid=1234, exit_code=3),
+    pgjob.JobOptions(kill_on_close=False, process_limit=4),
+], ids=["JobStats", "JobEvent", "JobOptions"])
+def test_records_are_immutable_values(record):
+    """What pgjob hands back compares, hashes, copies and pickles by its fields, and can't
+    be changed in place: `_replace()` makes a changed copy (through the constructor, so
+    JobOptions validates it), `_asdict()` a dict."""
+    import copy
+    import pickle
+    cls = type(record)
+    fields = record._asdict()
+    assert list(fields) == list(cls.__slots__)
+    assert cls(**fields) == record and hash(cls(**fields)) == hash(record)
+    assert pickle.loads(pickle.dumps(record)) == record and copy.deepcopy(record) == record
+    assert repr(record).startswith(f"{cls.__name__}(") and all(f"{k}=" in repr(record)
+                                                              for k in fields)
+    first = cls.__slots__[0]
+    with pytest.raises(AttributeError):
+        setattr(record, first, None)
+    with pytest.raises(AttributeError):
+        delattr(record, first)
+    assert record._asdict() == fields
+    assert record != tuple(fields.values())  # a record, not a tuple
+    changed = record._replace(**{"exit_code" if cls is pgjob.JobEvent else
+                                 "process_limit" if cls is pgjob.JobOptions else
+                                 "total_processes": 9})
+    assert changed != record and type(changed) is cls
+
+
+def test_replacing_an_option_validates_it():
+    with pytest.raises(ValueError):
+        pgjob.JobOptions()._replace(cpu_rate=500)
+
+
 def test_mechanism_is_named_and_closing_is_idempotent():
     job = pgjob.Job()
     assert job.mechanism in ("job_object", "pid_namespace", "pdeathsig", "none")
