@@ -520,9 +520,8 @@ def _namespace_floor(job, argv):
     spawn into the job's PID namespace with nothing around it (no member tracking, no events,
     no borrow of the Job): how much of (c) the kernel's namespace path alone costs."""
     import types
-    from pgjob import _jobobject, _linux_spawn
+    from pgjob import _jobobject, _linux_spawn, _spawn_hook
     execute_child = subprocess.Popen._execute_child
-    namespace = dict(execute_child.__globals__, _USE_POSIX_SPAWN=False)
     init = job._impl._init
     last = [-1]
 
@@ -534,10 +533,7 @@ def _namespace_floor(job, argv):
             os.close(last[0])
         last[0] = pidfd
         return pid
-    if _linux_spawn._FORK_EXEC_HOOK == "_fork_exec":
-        namespace["_fork_exec"] = fork_exec
-    else:
-        namespace["_posixsubprocess"] = _linux_spawn._PosixsubprocessWithJob(fork_exec)
+    namespace = dict(execute_child.__globals__, **_spawn_hook.fork_exec_replacements(fork_exec))
     routed = types.FunctionType(execute_child.__code__, namespace, execute_child.__name__,
                                 execute_child.__defaults__, execute_child.__closure__)
 

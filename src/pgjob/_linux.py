@@ -39,7 +39,8 @@ from ._errors import JobClosedError, ProcessExitedError, UnsupportedError
 from ._log import logger
 from . import _cgroup
 from ._linux_helpers import _HOLDERS, _Init, _reap_inits, _start_job_init
-from ._linux_spawn import _SPAWN_THREAD, _spawn, run_execute_child
+from ._linux_spawn import _SPAWN_THREAD, _spawn
+from ._spawn_hook import fork_exec_replacements, run_execute_child
 from ._procfs import (_above_stdio, _close_quietly, _cpu_times, _descendants, _namespace_members,
                       _nspid_depth, _open_above_stdio, _pid_namespace, _pipe_above_stdio,
                       _running, _signal_quietly, _stat_fields)
@@ -173,7 +174,7 @@ class _LinuxJob(JobBackend):
                     pass  # the pipe is full: next_event() is awake anyway
             return pid
 
-        run_execute_child(execute_child, fork_exec, popen, args)
+        run_execute_child(execute_child, popen, args, fork_exec_replacements(fork_exec))
 
     def assign(self, pid: int, handle: Optional[int]) -> None:
         raise UnsupportedError(

@@ -10,12 +10,9 @@ from __future__ import annotations
 import _winapi
 import errno
 import os
-import subprocess
 import sys
 import threading
 import time
-import types
-import warnings
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, cast
 
 from . import _jobobject as c
@@ -23,8 +20,11 @@ from . import _records
 from ._base import EventKind, JobBackend, JobOptions
 from ._errors import ProcessExitedError, UnsupportedError
 from ._log import logger
+from ._spawn_hook import run_execute_child
 
 if TYPE_CHECKING:
+    import types
+
     from ._job import Popen
     from ._records import JobEvent, JobStats
 
@@ -91,48 +91,6 @@ def _use_job_list() -> bool:
                          "spawning on the suspended path", exc)
             return False
     return _JOB_LIST_SUPPORTED
-
-
-def _check_popen_interface() -> Optional[str]:
-    """pgjob spawns by running subprocess.Popen._execute_child with `_winapi` swapped for a
-    stand-in whose CreateProcess takes the 9 positional arguments of _winapi.CreateProcess.
-    Say what differs if this Python's _execute_child does not make that one call (None: it
-    does). Read from the code object, so nothing runs."""
-    code = getattr(getattr(subprocess.Popen, "_execute_child", None), "__code__", None)
-    if code is None or "_winapi" not in code.co_names or "CreateProcess" not in code.co_names:
-        return "subprocess.Popen._execute_child no longer calls _winapi.CreateProcess"
-    import dis  # only here: the stack arithmetic below is what dis knows per version
-    calls = ("CALL", "CALL_FUNCTION", "CALL_METHOD", "PRECALL")
-    instructions = list(dis.get_instructions(code))
-    counts: list[Optional[int]] = []  # positional argument counts; None: not positional
-    for i, ins in enumerate(instructions):
-        if ins.argval != "CreateProcess" or ins.opname not in ("LOAD_ATTR", "LOAD_METHOD"):
-            continue
-        depth = 0  # stack items pushed since the callable (and its NULL, in 3.13+)
-        following = instructions[i + 1:]
-        if following and following[0].opname == "PUSH_NULL":
-            following = following[1:]
-        for later in following:
-            if later.opname in calls and depth == later.arg:
-                counts.append(later.arg)
-                break
-            if later.opname.startswith("CALL_KW") or later.opname.startswith("CALL_FUNCTION_"):
-                counts.append(None)  # keyword or star arguments: not the call we know
-                break
-            try:
-                depth += dis.stack_effect(later.opcode, later.arg, jump=False)
-            except ValueError:
-                depth += dis.stack_effect(later.opcode, jump=False)
-    if counts != [9]:
-        return (f"subprocess.Popen._execute_child calls _winapi.CreateProcess with "
-                f"{counts or 'no recognisable'} positional arguments, not the 9 pgjob knows")
-    return None
-
-
-_POPEN_INTERFACE_PROBLEM = _check_popen_interface()
-if _POPEN_INTERFACE_PROBLEM is not None:
-    warnings.warn(f"pgjob: job.popen() is unavailable on Python {sys.version.split()[0]}: "
-                  f"{_POPEN_INTERFACE_PROBLEM}", RuntimeWarning, stacklevel=2)
 
 
 def limit_flags(options: JobOptions) -> int:
@@ -286,14 +244,6 @@ class _WinapiWithJob:
         return hp, ht, pid, tid
 
 
-def _execute_child_with(job: "WindowsJob", popen: "Popen",
-                        execute_child: types.FunctionType) -> types.FunctionType:
-    namespace = dict(execute_child.__globals__)
-    namespace["_winapi"] = _WinapiWithJob(job, popen)
-    return types.FunctionType(execute_child.__code__, namespace, execute_child.__name__,
-                              execute_child.__defaults__, execute_child.__closure__)
-
-
 def resume(popen: "Popen") -> None:
     """Resume a child started with CREATE_SUSPENDED (pgjob.Popen keeps its thread handle)."""
     thread = getattr(popen, "_suspended_thread", None)
@@ -352,10 +302,7 @@ class WindowsJob(JobBackend):
     # membership
     def execute_child(self, popen: "Popen", execute_child: types.FunctionType,
                       args: tuple[Any, ...]) -> None:
-        if _POPEN_INTERFACE_PROBLEM is not None:
-            raise UnsupportedError(errno.EOPNOTSUPP, f"job.popen() is unavailable on Python "
-                                       f"{sys.version.split()[0]}: {_POPEN_INTERFACE_PROBLEM}")
-        _execute_child_with(self, popen, execute_child)(popen, *args)
+        run_execute_child(execute_child, popen, args, {"_winapi": _WinapiWithJob(self, popen)})
 
     def hold_member(self, pid: int, handle: int) -> None:
         """Keep a handle of our own on member `pid` (`handle` stays the caller's)."""
@@ -630,7 +577,6 @@ def candidates(options: JobOptions, current_process: bool = False) -> list[str]:
 
 def open_mechanism(name: str, options: JobOptions) -> JobBackend:
     if name != "job_object":
-        from ._errors import UnsupportedError
         raise UnsupportedError(errno.EOPNOTSUPP, f"mechanism {name!r} is not available on Windows")
     return WindowsJob(options)
 

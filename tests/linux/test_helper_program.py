@@ -9,7 +9,8 @@ import pytest
 import pgjob
 from pgjob import _jobobject as c
 from pgjob import _linux_helpers
-from pgjob._linux_spawn import _spawn, run_execute_child
+from pgjob._linux_spawn import _spawn
+from pgjob._spawn_hook import fork_exec_replacements, run_execute_child
 
 from proc_helpers import wait_until
 
@@ -86,7 +87,8 @@ class CgroupPopen(subprocess.Popen):
             pid, pidfd = _spawn(fork_exec_args, -1, -1, False, self._cgroup_fd)
             os.close(pidfd)
             return pid
-        run_execute_child(subprocess.Popen._execute_child, fork_exec, self, args)
+        run_execute_child(subprocess.Popen._execute_child, self, args,
+                          fork_exec_replacements(fork_exec))
 
 
 def test_spawn_with_cgroup_fd_starts_the_program_in_that_cgroup(child_cgroup, tracker):

@@ -14,12 +14,13 @@ import sys
 import threading
 import time
 import traceback
+import types
 
 import pytest
 
 import pgjob
 import pgjob._records  # noqa: F401  imported now: a child that dropped to uid 1500 can't read /root
-from pgjob import _jobobject, _linux_spawn as _linux
+from pgjob import _jobobject, _spawn_hook
 from conftest import SRC, start_time
 from proc_helpers import wait_until
 
@@ -91,7 +92,7 @@ def _gone(pids):
     ((3, 14), 22, "_fork_exec"), ((3, 15), 22, "_fork_exec"),
 ])
 def test_fork_exec_shape_table(version, count, hook):
-    found_hook, names = _linux._fork_exec_shape(version)
+    found_hook, names = _spawn_hook.fork_exec_shape(version)
     assert (len(names), found_hook) == (count, hook)
 
 
@@ -104,13 +105,13 @@ def test_this_pythons_fork_exec_call_is_the_one_pgjob_knows(job_factory):
         seen.append(len(args))
         raise OSError(errno.EPERM, "recorded")
 
-    hook, names = _linux._fork_exec_shape(sys.version_info)
+    hook, names = _spawn_hook.fork_exec_shape(sys.version_info)
     execute_child = subprocess.Popen._execute_child
-    patched = _linux.types.FunctionType(
+    patched = types.FunctionType(
         execute_child.__code__,
         dict(execute_child.__globals__, _USE_POSIX_SPAWN=False,
              **({"_fork_exec": record} if hook == "_fork_exec"
-                else {"_posixsubprocess": _linux._PosixsubprocessWithJob(record)})),
+                else {"_posixsubprocess": _spawn_hook._PosixsubprocessWithJob(record)})),
         execute_child.__name__, execute_child.__defaults__, execute_child.__closure__)
 
     class Recording(subprocess.Popen):
@@ -119,7 +120,7 @@ def test_this_pythons_fork_exec_call_is_the_one_pgjob_knows(job_factory):
     with pytest.raises(OSError, match="recorded"):
         Recording(["true"])
     assert seen == [len(names)]
-    assert _linux._INTERFACE_PROBLEM is None
+    assert _spawn_hook.PROBLEM is None
     # and through pgjob, on this Python
     assert job_factory(mechanism="pid_namespace").popen(["true"]).wait(10) == 0
 
@@ -360,13 +361,13 @@ def test_spawn_rejects_bad_fds_to_keep_as_posixsubprocess_does(bad):
         _raw_spawn([b"true"], [b"/bin/true"], fds_to_keep=bad)
     # control: _posixsubprocess itself says the same for the same tuple
     import _posixsubprocess
-    args = dict(zip(_linux._FORK_EXEC_ARGS, [None] * len(_linux._FORK_EXEC_ARGS)))
+    args = dict(zip(_spawn_hook.FORK_EXEC_ARGS, [None] * len(_spawn_hook.FORK_EXEC_ARGS)))
     args.update(args=[b"true"], executables=[b"/bin/true"], close_fds=True, fds_to_keep=bad,
                 p2cread=-1, p2cwrite=-1, c2pread=-1, c2pwrite=-1, errread=-1, errwrite=-1,
                 errpipe_read=1000, errpipe_write=1001, restore_signals=True, start_new_session=False,
                 process_group=-1, gid=None, groups=None, uid=None, umask=-1, allow_vfork=True)
     with pytest.raises(ValueError, match=r"^bad value\(s\) in fds_to_keep$"):
-        _posixsubprocess.fork_exec(*(args[name] for name in _linux._FORK_EXEC_ARGS))
+        _posixsubprocess.fork_exec(*(args[name] for name in _spawn_hook.FORK_EXEC_ARGS))
 
 
 def test_spawn_accepts_sorted_unique_fds_to_keep():

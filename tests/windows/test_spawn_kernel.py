@@ -10,7 +10,7 @@ import msvcrt
 import pytest
 
 import pgjob
-from pgjob import _jobobject, _windows
+from pgjob import _jobobject, _spawn_hook, _windows
 
 PY = sys.executable
 CREATE_SUSPENDED = 0x4
@@ -292,10 +292,10 @@ def test_import_check_warns_and_spawn_is_unsupported(monkeypatch):
     def changed_execute_child(self, args, *rest):
         return _winapi.CreateProcess(args, None)  # 2 arguments, not 9
     monkeypatch.setattr(subprocess.Popen, "_execute_child", changed_execute_child)
-    problem = _windows._check_popen_interface()
+    problem = _spawn_hook.create_process_interface_problem(subprocess.Popen._execute_child)
     assert problem is not None and "2" in problem
     monkeypatch.undo()
-    monkeypatch.setattr(_windows, "_POPEN_INTERFACE_PROBLEM", problem)
+    monkeypatch.setattr(_spawn_hook, "PROBLEM", problem)
     with pgjob.Job() as job:
         with pytest.raises(pgjob.UnsupportedError) as info:
             job.popen([PY, "-c", "pass"])
@@ -304,7 +304,7 @@ def test_import_check_warns_and_spawn_is_unsupported(monkeypatch):
 
 
 def test_import_check_passes_on_this_python():
-    assert _windows._check_popen_interface() is None
+    assert _spawn_hook.interface_problem() is None and _spawn_hook.PROBLEM is None
 
 
 def test_import_warning_names_the_python_version():
