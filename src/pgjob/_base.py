@@ -61,6 +61,11 @@ class _Record:
 
     __slots__: tuple[str, ...] = ()
 
+    def _set_fields(self, *values: object) -> None:
+        """For the constructor: the fields, in __slots__ order."""
+        for name, value in zip(self.__slots__, values):
+            object.__setattr__(self, name, value)
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}")
 
@@ -123,14 +128,9 @@ class JobOptions(_Record):
                  process_memory_limit: Optional[int] = None, process_limit: Optional[int] = None,
                  cpu_rate: Optional[float] = None, on_unavailable: str = "log",
                  mechanism: Optional[str] = None) -> None:
-        values = dict(kill_on_close=kill_on_close, name=name, breakaway=breakaway,
-                      silent_breakaway=silent_breakaway,
-                      die_on_unhandled_exception=die_on_unhandled_exception,
-                      memory_limit=memory_limit, process_memory_limit=process_memory_limit,
-                      process_limit=process_limit, cpu_rate=cpu_rate,
-                      on_unavailable=on_unavailable, mechanism=mechanism)
-        for field, value in values.items():
-            object.__setattr__(self, field, value)
+        self._set_fields(kill_on_close, name, breakaway, silent_breakaway,
+                         die_on_unhandled_exception, memory_limit, process_memory_limit,
+                         process_limit, cpu_rate, on_unavailable, mechanism)
         self._validate()
 
     def _validate(self) -> None:

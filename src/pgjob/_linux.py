@@ -101,7 +101,7 @@ class _LinuxJob(JobBackend):
         # Every member's pidfd, registered once: a spawn's look for exited members is then one
         # poll(0), not a poll object and a register per member.
         self._exit_poller = select.poll()
-        # (kind, pid) pairs; next_event() makes the JobEvent (0.4 us to build, and most jobs
+        # (kind, pid) pairs; next_event() makes the JobEvent (under a microsecond, and most jobs
         # never read their events).
         # Bounded: a job nobody reads events from would otherwise grow by two entries per
         # process it starts, for its whole life. The oldest go first, counted, and the next

@@ -32,17 +32,9 @@ class JobStats(_Record):
                  kernel_time: Optional[float] = None, peak_process_memory: Optional[int] = None,
                  peak_job_memory: Optional[int] = None, read_bytes: Optional[int] = None,
                  write_bytes: Optional[int] = None, peak_processes: Optional[int] = None) -> None:
-        init = object.__setattr__
-        init(self, "active_processes", active_processes)
-        init(self, "total_processes", total_processes)
-        init(self, "terminated_processes", terminated_processes)
-        init(self, "user_time", user_time)
-        init(self, "kernel_time", kernel_time)
-        init(self, "peak_process_memory", peak_process_memory)
-        init(self, "peak_job_memory", peak_job_memory)
-        init(self, "read_bytes", read_bytes)
-        init(self, "write_bytes", write_bytes)
-        init(self, "peak_processes", peak_processes)
+        self._set_fields(active_processes, total_processes, terminated_processes, user_time,
+                         kernel_time, peak_process_memory, peak_job_memory, read_bytes,
+                         write_bytes, peak_processes)
 
 
 class JobEvent(_Record):
@@ -63,8 +55,4 @@ class JobEvent(_Record):
 
     def __init__(self, kind: EventKind, pid: Optional[int] = None,
                  exit_code: Optional[int] = None, os_message: Optional[int] = None) -> None:
-        init = object.__setattr__
-        init(self, "kind", kind)
-        init(self, "pid", pid)
-        init(self, "exit_code", exit_code)
-        init(self, "os_message", os_message)
+        self._set_fields(kind, pid, exit_code, os_message)
