@@ -82,7 +82,7 @@ class _Record:
         return type(self)(**{**self._asdict(), **changes})
 
     def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
+        if not isinstance(other, _Record) or type(other) is not type(self):
             return NotImplemented
         return self._as_tuple() == other._as_tuple()
 

@@ -125,6 +125,10 @@ def _environment_sort_key(key: object) -> str:
         # _winapi calls LCMapStringEx's C body directly, so the argument check is
         # PyUnicode_AsWideCharString's, not the wrapper's.
         raise TypeError("bad argument type for built-in operation")
+    if sys.version_info < (3, 10):
+        # Never reached: called only where _winapi sorts (_SORTS_ENVIRONMENT, 3.11.8+), and
+        # this tells a type checker for 3.9 (whose _winapi lacks these names) so.
+        raise NotImplementedError("_winapi.LCMapStringEx is new in Python 3.11.8")
     return _winapi.LCMapStringEx(_winapi.LOCALE_NAME_INVARIANT, _winapi.LCMAP_UPPERCASE, key)
 
 
