@@ -176,10 +176,12 @@ report:
             if (got == -EINTR || got == -EAGAIN) {
                 /* nothing to read after all: poll again */
             } else if (got <= 0) {
-                /* The owner's end is closed: exec, death, or a closed job. */
+                /* The owner's end is closed: exec, death, or a closed job. After DETACH it is
+                 * the detach itself (the owner closes its end next), so it ends nothing: the
+                 * members outlive the job, as asked. */
                 h_close(fds[1].fd);
                 fds[1].fd = -1;
-                if (on_eof > action)
+                if (!draining && on_eof > action)
                     action = on_eof;
             } else if (command == HELPER_INIT_TERMINATE) {
                 /* Every process of the namespace but us. One call is enough even against

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -281,3 +282,44 @@ def test_in_job():
         plain.wait()
     with pytest.raises(pgjob.ProcessExitedError):
         pgjob.in_job(plain.pid)
+
+
+def test_detach_leaves_members_running_and_the_init_drains(job_factory, tracker):
+    """detach() of a kill-on-close job: the members keep running (the init takes the owner's
+    close of the control socket, which follows the DETACH, for what it is), and the init
+    leaves once the namespace is empty."""
+    job = job_factory()
+    member = job.popen(["sleep", "60"])
+    proc = tracker.track(member.pid)
+    init = tracker.track(job._impl._init.pid)
+    assert job.detach() is None and job.closed
+    assert not wait_until(lambda: not alive(proc), 0.5), "detach() killed the member"
+    assert alive(init)
+    member.kill()
+    member.wait(10)
+    assert wait_until(lambda: not alive(init), 5), "the detached init did not leave"
+
+
+_DETACH_THEN_DIE = r"""
+import os, signal, subprocess, sys
+import pgjob
+job = pgjob.Job(on_unavailable="raise")
+member = job.popen(["sleep", "60"], stdout=subprocess.DEVNULL)
+print(member.pid, job._impl._init.pid, flush=True)
+job.detach()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_detached_members_outlive_the_owner(tracker):
+    """After detach() the members outlive the owner's death too (as a Windows job's do once
+    its handle is handed on and kept): SIGKILL the owner right after detach()."""
+    from conftest import SRC
+    owner = subprocess.run([sys.executable, "-c", _DETACH_THEN_DIE], stdout=subprocess.PIPE,
+                           env=dict(os.environ, PYTHONPATH=SRC), timeout=60)
+    assert owner.returncode == -signal.SIGKILL, owner
+    member_pid, init_pid = map(int, owner.stdout.split())
+    member, init = tracker.track(member_pid), tracker.track(init_pid)
+    assert not wait_until(lambda: not alive(member), 0.5), "the member died with the owner"
+    os.kill(member_pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(init), 10), "the detached init did not leave"
