@@ -103,8 +103,7 @@ def _rebuild(cls: type[_RecordT], fields: dict[str, Any]) -> _RecordT:
 
 
 class JobOptions(_Record):
-    """Validated, immutable Job(...) arguments. Bad types raise TypeError, bad values ValueError.
-    """
+    """Validated, immutable Job(...) arguments. Bad types raise TypeError, bad values ValueError."""
 
     __slots__ = ("kill_on_close", "name", "breakaway", "silent_breakaway",
                  "die_on_unhandled_exception", "memory_limit", "process_memory_limit",
