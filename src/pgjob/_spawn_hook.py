@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PROBLEM", "run_execute_child", "fork_exec_replacements", "FORK_EXEC_ARGS"]
 
-# -- POSIX: how each CPython's _execute_child calls fork_exec ---------------------------------------
+# -- POSIX: how each CPython's _execute_child calls fork_exec -------------------------------------
 
 # The positional arguments in order (checked against Lib/subprocess.py of each version), and
 # the global name it calls fork_exec by. The entry for the newest version at or below the
@@ -112,7 +112,7 @@ def fork_exec_replacements(fork_exec: Callable[..., int]) -> dict[str, Any]:
     return {"_posixsubprocess": _PosixsubprocessWithJob(fork_exec), "_USE_POSIX_SPAWN": False}
 
 
-# -- Windows: _execute_child makes one call, _winapi.CreateProcess, with 9 arguments ----------------
+# -- Windows: _execute_child makes one call, _winapi.CreateProcess, with 9 arguments --------------
 
 def create_process_interface_problem(execute_child: object) -> Optional[str]:
     """What differs from the one _winapi.CreateProcess call with 9 positional arguments that
@@ -148,7 +148,7 @@ def create_process_interface_problem(execute_child: object) -> Optional[str]:
     return None
 
 
-# -- the check at import ------------------------------------------------------------------------------
+# -- the check at import --------------------------------------------------------------------------
 
 def interface_problem() -> Optional[str]:
     """This Python's problem with the hook (None: none), without the version."""
@@ -184,7 +184,7 @@ def _check_at_import() -> Optional[str]:
 PROBLEM = _check_at_import()
 
 
-# -- running _execute_child with the replacements ----------------------------------------------------
+# -- running _execute_child with the replacements -------------------------------------------------
 
 class _Rebuilt(threading.local):
     """Per thread: each _execute_child rebuilt on a namespace of our own, a copy of its
