@@ -150,7 +150,7 @@ jobobject_exec(PyObject *module)
     ADD_INT(CREATE_BREAKAWAY_FROM_JOB);
     ADD_INT(CREATE_NEW_PROCESS_GROUP);
     ADD_INT(EXTENDED_STARTUPINFO_PRESENT);
-    /* Error codes pgjob._errors.classify() maps to exception classes */
+    /* Error codes the Python layer reasons about (pgjob._errors.by_code, the backend) */
     ADD_INT(ERROR_ACCESS_DENIED);
     ADD_INT(ERROR_INVALID_HANDLE);
     ADD_INT(ERROR_INVALID_PARAMETER);
@@ -177,7 +177,7 @@ jobobject_exec(PyObject *module)
     ADD_INT(PGJOB_INIT_KILL);
     ADD_INT(PGJOB_INIT_TERMINATE);
     ADD_INT(PGJOB_INIT_DETACH);
-    /* Error codes pgjob._errors.classify() and the Linux backend decide on */
+    /* Error codes the C layer marks (linux_job.c), for tests and callers */
     ADD_INT(EPERM);
     ADD_INT(EACCES);
     ADD_INT(EINVAL);

@@ -16,16 +16,38 @@
 
 /* ---- common_errors.c: the only way C reports failure (always OSError) ---- */
 
-/* Set OSError for a failed syscall: message "<syscall> failed: <system text>".
+/* What a failure means, where the C code knows it (psutil's way: at the source). The OSError
+ * carries it as ._pgjob_meaning, a pgjob._errors class (or None), and Job._use raises that
+ * class from it (pgjob._errors.classify). */
+enum pgjob_meaning {
+    PGJOB_UNMARKED = 0,      /* the caller knows no more than the code: classify decides */
+    PGJOB_NOT_A_JOB_ERROR,   /* about the program, not the job (a missing executable): the
+                              * OSError stays what subprocess would raise */
+    PGJOB_JOB_ERROR,         /* a job step failed: JobError, or the finer class its code
+                              * names everywhere (pgjob._errors.by_code) */
+    PGJOB_ALREADY_IN_JOB,
+    PGJOB_PROCESS_EXITED,
+    PGJOB_UNSUPPORTED,
+    PGJOB_LIMIT_EXCEEDED,
+};
+
+/* Set OSError for a failed syscall: message "<syscall> failed: <system text>", the name in
+ * .syscall, the meaning in ._pgjob_meaning (unless PGJOB_UNMARKED).
  * On Windows `code` is a winerror (kept as .winerror, mapped to .errno by OSError);
  * elsewhere it is an errno. Returns NULL so callers can `return pgjob_oserror(...)`. */
-PyObject *pgjob_oserror(const char *syscall, unsigned long code);
+PyObject *pgjob_oserror_as(enum pgjob_meaning meaning, const char *syscall, unsigned long code);
+/* The same, naming the file the call was about in .filename (OSError's third argument). */
+PyObject *pgjob_oserror_file(enum pgjob_meaning meaning, const char *syscall, unsigned long code,
+                             const char *filename);
+#define pgjob_oserror(syscall, code) pgjob_oserror_as(PGJOB_UNMARKED, (syscall), (code))
 #ifdef MS_WINDOWS
-#  define pgjob_last_error(syscall) pgjob_oserror((syscall), GetLastError())
+#  define pgjob_last_error_as(meaning, syscall) pgjob_oserror_as((meaning), (syscall), GetLastError())
 #else
 #  include <errno.h>
-#  define pgjob_last_error(syscall) pgjob_oserror((syscall), (unsigned long)errno)
+#  define pgjob_last_error_as(meaning, syscall) \
+      pgjob_oserror_as((meaning), (syscall), (unsigned long)errno)
 #endif
+#define pgjob_last_error(syscall) pgjob_last_error_as(PGJOB_UNMARKED, (syscall))
 
 /* ---- common_trace.c: C-side tracing, switched on by PGJOB_DEBUG=1 ---- */
 extern int pgjob_trace_enabled;

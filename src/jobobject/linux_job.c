@@ -20,7 +20,22 @@ struct init_exec {
     int owner_pidfd;
     int err;              /* execve's errno, or the failed dup's */
     const char *failed;   /* the call that failed, NULL if none */
+    enum pgjob_meaning meaning; /* what that failure means */
 };
+
+/* The codes with which the kernel, a sysctl (user.max_*_namespaces), seccomp or missing
+ * privileges refuse a namespace, or the calls that make one: the feature is unavailable
+ * here (UnsupportedError), which is not a failure of the job. */
+static enum pgjob_meaning
+namespace_refusal(int err)
+{
+    switch (err) {
+    case EPERM: case EACCES: case EINVAL: case ENOSPC: case EUSERS: case ENOSYS:
+        return PGJOB_UNSUPPORTED;
+    default:
+        return PGJOB_UNMARKED;
+    }
+}
 
 /* The init's child, until execve: a CLONE_VM|CLONE_VFORK child on one of the thread's stacks,
  * so only raw syscalls (the owner is threaded and shares this memory). It puts the control
@@ -49,6 +64,9 @@ init_exec_main(void *arg)
     close(2);
     execve(x->path, x->argv, empty_env);
     x->failed = "execve";
+    /* The helper is there but can't run here (a noexec mount, a foreign architecture, a
+     * seccomp filter): no namespace init to be had. */
+    x->meaning = PGJOB_UNSUPPORTED;
 fail:
     x->err = errno;
     _exit(127);
@@ -84,7 +102,6 @@ write_file(const char *path, const char *text)
 static const char *
 map_ids_of(pid_t pid, uid_t uid, gid_t gid)
 {
-    /* The names pgjob._errors.classify knows. */
     static const char *const what[] = {"write /proc/<init>/setgroups",
                                        "write /proc/<init>/gid_map",
                                        "write /proc/<init>/uid_map"};
@@ -127,6 +144,7 @@ linux_start_init(PyObject *self, PyObject *args)
     struct helper_init_report report = {0, 0};
     ssize_t got;
     const char *failed = NULL;
+    enum pgjob_meaning meaning = PGJOB_UNMARKED;
     sigset_t all, old;
     pid_t pid;
     /* Ours, read before anything: in the new user namespace they are unmapped (overflow). */
@@ -162,7 +180,8 @@ linux_start_init(PyObject *self, PyObject *args)
     if ((owner_pidfd = pgjob_fd_above_stdio((int)syscall(SYS_pidfd_open, getpid(), 0))) < 0) {
         saved_errno = errno;
         Py_DECREF(path_obj);
-        return pgjob_oserror("pidfd_open", (unsigned long)saved_errno);
+        return pgjob_oserror_as(namespace_refusal(saved_errno), "pidfd_open",
+                                (unsigned long)saved_errno);
     }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         saved_errno = errno;
@@ -195,10 +214,13 @@ linux_start_init(PyObject *self, PyObject *args)
                          (int)flags | CLONE_VM | CLONE_VFORK | SIGCHLD, &pidfd, -1);
     saved_errno = errno;
     if (pid < 0) {
-        failed = "clone"; /* the name pgjob._errors.classify knows */
+        failed = "clone";
+        meaning = namespace_refusal(saved_errno);
     } else if (x.failed != NULL) {
         failed = x.failed;
         saved_errno = x.err;
+        meaning = x.meaning;
+
     } else if (map_ids) {
         /* Only once the init runs is it dumpable, its /proc files ours (init.c, REPORT). */
         do {
@@ -214,6 +236,7 @@ linux_start_init(PyObject *self, PyObject *args)
                      : "prctl(PR_SET_PDEATHSIG) (in the init)";
         } else if ((failed = map_ids_of(pid, uid, gid)) != NULL) {
             saved_errno = errno;
+            meaning = namespace_refusal(saved_errno);
         }
     }
     /* Otherwise no handshake: the init's own setup (setsid, sigaction, prctl) can't fail in
@@ -229,7 +252,6 @@ linux_start_init(PyObject *self, PyObject *args)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(sv[1]);
     close(owner_pidfd);
-    Py_DECREF(path_obj);
     if (failed == NULL && (pidfd = pgjob_fd_above_stdio(pidfd)) < 0) {
         /* CLONE_PIDFD takes the lowest free descriptor, and moving it failed. */
         saved_errno = errno;
@@ -243,8 +265,13 @@ linux_start_init(PyObject *self, PyObject *args)
         if (pid > 0 && pidfd >= 0)
             close(pidfd);
         close(sv[0]);
-        return pgjob_oserror(failed, (unsigned long)saved_errno);
+        /* An execve's failure names the program it could not run (x.path is path_obj's). */
+        pgjob_oserror_file(meaning, failed, (unsigned long)saved_errno,
+                           failed == x.failed && meaning == PGJOB_UNSUPPORTED ? x.path : NULL);
+        Py_DECREF(path_obj);
+        return NULL;
     }
+    Py_DECREF(path_obj);
     PGJOB_TRACE("clone(flags=0x%llx|CLONE_VM|CLONE_VFORK) + execve(pgjob-helper init) -> init "
                 "pid %d, pidfd %d, control fd %d%s", flags, (int)pid, pidfd, sv[0],
                 map_ids ? ", ids mapped" : "");

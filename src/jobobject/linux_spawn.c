@@ -886,7 +886,13 @@ done:
     Py_XDECREF(exec_keep);
     Py_XDECREF(env_keep);
     Py_XDECREF(cwd_keep);
-    if (failed != NULL && result == NULL && !PyErr_Occurred())
-        return pgjob_oserror(failed, (unsigned long)saved_errno);
+    if (failed != NULL && result == NULL && !PyErr_Occurred()) {
+        /* Only these codes are the job's; any other is the program's to report, as
+         * subprocess would (ENOMEM from a namespace whose init is gone: see _linux.py). */
+        enum pgjob_meaning meaning = saved_errno == EAGAIN ? PGJOB_LIMIT_EXCEEDED
+            : saved_errno == ENOSYS || saved_errno == EOPNOTSUPP ? PGJOB_UNSUPPORTED
+            : PGJOB_NOT_A_JOB_ERROR;
+        return pgjob_oserror_as(meaning, failed, (unsigned long)saved_errno);
+    }
     return result;
 }

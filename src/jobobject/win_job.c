@@ -31,8 +31,11 @@ win_CreateJobObject(PyObject *self, PyObject *args)
     err = GetLastError();
     Py_END_ALLOW_THREADS
     PyMem_Free(name);
-    if (job == NULL)
-        return pgjob_oserror("CreateJobObjectW", err);
+    if (job == NULL) {
+        /* No right to create a job here (a sandbox, a restricted token): not available. */
+        return pgjob_oserror_as(err == ERROR_ACCESS_DENIED ? PGJOB_UNSUPPORTED : PGJOB_UNMARKED,
+                                "CreateJobObjectW", err);
+    }
     if (name != NULL && err == ERROR_ALREADY_EXISTS) {
         /* Opening someone else's job by name would silently share its limits; refuse. */
         CloseHandle(job);
@@ -138,10 +141,27 @@ win_SetJobCpuRate(PyObject *self, PyObject *args)
     ok = SetInformationJobObject(PGJOB_H(job), JobObjectCpuRateControlInformation, &info,
                                  sizeof(info));
     Py_END_ALLOW_THREADS
-    if (!ok)
-        return pgjob_last_error("SetInformationJobObject(JobObjectCpuRateControlInformation)");
+    if (!ok) {
+        DWORD err = GetLastError();
+        /* Windows 7 (and Wine 8) don't know the CPU-rate information class at all. */
+        return pgjob_oserror_as(err == ERROR_INVALID_PARAMETER ? PGJOB_UNSUPPORTED
+                                                               : PGJOB_UNMARKED,
+                                "SetInformationJobObject(JobObjectCpuRateControlInformation)",
+                                err);
+    }
     PGJOB_TRACE("SetInformationJobObject(%p, CpuRate=%lu)", (void *)PGJOB_H(job), cpu_rate);
     Py_RETURN_NONE;
+}
+
+static enum pgjob_meaning
+assign_meaning(DWORD err)
+{
+    /* ACCESS_DENIED: the process is in a job that allows no nesting or breakaway (or it
+     * exited: the caller tells those apart, it can ask the process). INVALID_PARAMETER: the
+     * process is gone. */
+    return err == ERROR_ACCESS_DENIED ? PGJOB_ALREADY_IN_JOB
+           : err == ERROR_INVALID_PARAMETER ? PGJOB_PROCESS_EXITED
+           : PGJOB_UNMARKED;
 }
 
 PyObject *
@@ -157,8 +177,10 @@ win_AssignProcessToJobObject(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     ok = AssignProcessToJobObject(PGJOB_H(job), PGJOB_H(process));
     Py_END_ALLOW_THREADS
-    if (!ok)
-        return pgjob_last_error("AssignProcessToJobObject");
+    if (!ok) {
+        DWORD err = GetLastError();
+        return pgjob_oserror_as(assign_meaning(err), "AssignProcessToJobObject", err);
+    }
     PGJOB_TRACE("AssignProcessToJobObject(%p, %p)", (void *)PGJOB_H(job), (void *)PGJOB_H(process));
     Py_RETURN_NONE;
 }

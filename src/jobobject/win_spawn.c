@@ -8,6 +8,15 @@
 #  define PROC_THREAD_ATTRIBUTE_JOB_LIST 0x2000D
 #endif
 
+/* What a failure of a step that puts the child in the job means: the job's failure, its
+ * class named by its code (pgjob._errors.by_code), except ACCESS_DENIED: the job list, like
+ * an assignment, is refused to a process in a job that allows no nesting. */
+static enum pgjob_meaning
+step_meaning(DWORD err)
+{
+    return err == ERROR_ACCESS_DENIED ? PGJOB_ALREADY_IN_JOB : PGJOB_JOB_ERROR;
+}
+
 /* Build an attribute list carrying the handle list and/or the job list; NULL with an
  * exception set on failure (and *error = the failed call's winerror, 0 if it was not a
  * syscall), or with *count == 0 when none is needed. */
@@ -34,7 +43,7 @@ make_attribute_list(HANDLE *handles, DWORD n_handles, HANDLE *job, DWORD *count,
         /* Read the code before PyMem_Free, which may call into the heap and reset it. */
         *error = err = GetLastError();
         PyMem_Free(attrs);
-        pgjob_oserror("InitializeProcThreadAttributeList", err);
+        pgjob_oserror_as(step_meaning(err), "InitializeProcThreadAttributeList", err);
         return NULL;
     }
     if (n_handles > 0 &&
@@ -55,7 +64,7 @@ fail:
     *error = err = GetLastError(); /* before the cleanup calls below can overwrite it */
     DeleteProcThreadAttributeList(attrs);
     PyMem_Free(attrs);
-    pgjob_oserror(failed_call, err);
+    pgjob_oserror_as(step_meaning(err), failed_call, err);
     return NULL;
 }
 
@@ -192,6 +201,7 @@ win_CreateProcessInJob(PyObject *self, PyObject *args)
     PROCESS_INFORMATION pi;
     BOOL ok, in_job = FALSE;
     const char *path = "suspended", *failed_call = NULL;
+    enum pgjob_meaning meaning = PGJOB_UNMARKED;
     PyObject *result = NULL;
 
     (void)self;
@@ -245,6 +255,7 @@ win_CreateProcessInJob(PyObject *self, PyObject *args)
     if (!ok) {
         err = GetLastError();
         failed_call = "CreateProcessW";
+        meaning = err == ERROR_NOT_ENOUGH_QUOTA ? PGJOB_LIMIT_EXCEEDED : PGJOB_NOT_A_JOB_ERROR;
     } else {
         if (use_job_list && !IsProcessInJob(pi.hProcess, job_handle, &in_job))
             in_job = FALSE;
@@ -255,12 +266,14 @@ win_CreateProcessInJob(PyObject *self, PyObject *args)
             if (!AssignProcessToJobObject(job_handle, pi.hProcess)) {
                 err = GetLastError();
                 failed_call = "AssignProcessToJobObject";
+                meaning = step_meaning(err);
             }
         }
         if (failed_call == NULL && !(creation_flags & CREATE_SUSPENDED) &&
             ResumeThread(pi.hThread) == (DWORD)-1) {
             err = GetLastError();
             failed_call = "ResumeThread";
+            meaning = step_meaning(err);
         }
         if (failed_call != NULL) {
             /* Never leave a half-born child behind: a suspended process outside the job would
@@ -274,7 +287,10 @@ win_CreateProcessInJob(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
 
     if (failed_call != NULL) {
-        pgjob_oserror(failed_call, err);
+        /* CreateProcessW's failure is the program's (a missing executable is
+         * FileNotFoundError, as in subprocess), but for the job's process quota; a failure
+         * of the steps that put the child in the job is the job's. */
+        pgjob_oserror_as(meaning, failed_call, err);
         if (!ok && use_job_list)
             mark_job_list_failure();
         goto done;

@@ -169,7 +169,7 @@ class Job:
             try:
                 return _backend.open_mechanism(name, options)
             except OSError as exc:
-                err = _errors.classify(exc, "create")
+                err = _errors.classify(exc)
                 if not isinstance(err, _UNAVAILABLE) or strict:
                     if err is exc:
                         raise
@@ -177,7 +177,7 @@ class Job:
             if i + 1 < len(candidates):
                 fallback = candidates[i + 1]
                 logger.warning("mechanism=%s is unavailable: %s (errno %s); falling back to "
-                               "mechanism=%s: %s", name, getattr(err, "strerror", None) or err,
+                               "mechanism=%s: %s", name, _describe(err),
                                getattr(err, "errno", None), fallback,
                                _backend.GUARANTEES.get(fallback, "weaker protection"))
         if err is None:  # no candidate at all on this platform
@@ -249,7 +249,7 @@ class Job:
             self._gone(impl, exc)
         elif isinstance(exc, OSError) and not isinstance(exc, JobError):
             # (A target that exited mid-call is detected by the backend, at the lowest layer.)
-            err = _errors.classify(exc, operation)
+            err = _errors.classify(exc, spawning=operation == "spawn")
             if isinstance(err, JobClosedError):
                 self._gone(impl, err)
             if err is not exc:
@@ -670,6 +670,13 @@ _PROTECTION: Optional[Job] = None
 _PROTECTION_LOCK = threading.Lock()
 
 
+def _describe(err: BaseException) -> str:
+    """An error's text for a log line: an OSError's strerror and the file it names."""
+    text = getattr(err, "strerror", None) or str(err)
+    filename = getattr(err, "filename", None)
+    return f"{text}: {filename}" if filename is not None else text
+
+
 def _log_unprotected(what: str, err: BaseException) -> None:
     code = getattr(err, "winerror", None) or getattr(err, "errno", None)
     logger.warning("%s: %s (error code %s); orphan protection is off (mechanism=none)",
@@ -683,7 +690,7 @@ def in_job(pid: Optional[int] = None) -> bool:
     try:
         return _backend.in_job(pid)
     except OSError as exc:
-        err = _errors.classify(exc, "open_process")
+        err = _errors.classify(exc)
         if err is exc:
             raise
         raise err from exc

@@ -33,7 +33,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Optional, cast
 
-from . import _records
+from . import _errors, _records
 from ._base import EventKind, JobBackend, JobOptions
 from ._errors import JobClosedError, ProcessExitedError, UnsupportedError
 from ._log import logger
@@ -592,6 +592,11 @@ class CgroupJob(_LinuxJob):
         except ProcessLookupError as exc:
             os.close(pidfd)
             raise ProcessExitedError(errno.ESRCH, f"process {pid} exited") from exc
+        except PermissionError as exc:
+            os.close(pidfd)
+            # Its limits refused: another user's process, whose rights we lack. That is not
+            # about jobs: it stays the PermissionError it is.
+            raise _errors.mark(exc, None)
         except BaseException:
             os.close(pidfd)
             raise

@@ -247,12 +247,9 @@ def _start_job_init(options: JobOptions) -> tuple[_Init, int, bool]:
                 pid, pidfd, control = c.start_init(flags, map_ids, on_exit, on_exit, False,
                                                    helper)
         except OSError as exc:
+            # (A helper that can't be executed here, a noexec mount for one, fails the same
+            # way on the next try: the C layer marks that as UnsupportedError too.)
             logger.debug("clone(0x%x) + exec of %s for a job's init: %s", flags, helper, exc)
-            if getattr(exc, "syscall", None) == "execve":
-                # The helper is there but can't run here (a noexec mount, a foreign
-                # architecture, a seccomp filter): no namespace init to be had.
-                raise UnsupportedError(exc.errno, f"pgjob's helper program {helper} could not "
-                                       f"be executed: {exc.strerror}") from exc
             failure = exc
             continue
         _NAMESPACE_FLAGS[os.getpid()] = (flags, map_ids)

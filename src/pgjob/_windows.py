@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, cast
 
 from . import _jobobject as c
-from . import _records
+from . import _errors, _records
 from ._base import EventKind, JobBackend, JobOptions
 from ._errors import ProcessExitedError, UnsupportedError
 from ._log import logger
@@ -298,8 +298,11 @@ class WindowsJob(JobBackend):
             except OSError:
                 c.CloseHandle(port)
                 raise
-        except BaseException:
+        except BaseException as exc:
             c.CloseHandle(job)
+            if isinstance(exc, OSError) and exc.winerror == c.ERROR_ACCESS_DENIED:
+                # No right to set up a job here (a sandbox, a restricted token): not available.
+                _errors.mark(exc, UnsupportedError)
             raise
         self.handle, self.port = job, port
 
@@ -589,11 +592,17 @@ def in_job(pid: Optional[int]) -> bool:
     if pid is None or pid == os.getpid():
         return c.IsProcessInJob(_CURRENT_PROCESS, 0)
     try:
-        h = _winapi.OpenProcess(_PROCESS_QUERY_INFORMATION, False, pid)
-    except PermissionError:
-        # Protected processes only grant the limited right, which Windows accepts here
-        # (Wine wants the full one, which is why it is tried first).
-        h = _winapi.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        try:
+            h = _winapi.OpenProcess(_PROCESS_QUERY_INFORMATION, False, pid)
+        except PermissionError:
+            # Protected processes only grant the limited right, which Windows accepts here
+            # (Wine wants the full one, which is why it is tried first).
+            h = _winapi.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    except OSError as exc:
+        if exc.winerror == c.ERROR_INVALID_PARAMETER:  # OpenProcess: no such pid (any more)
+            raise ProcessExitedError(exc.errno, f"no process with pid {pid}", None,
+                                     exc.winerror) from exc
+        raise
     try:
         return c.IsProcessInJob(h, 0)
     finally:

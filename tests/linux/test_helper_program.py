@@ -1,5 +1,6 @@
 """pgjob-helper, the program pgjob execs for its helper processes, and the C spawn's
 clone3(CLONE_INTO_CGROUP): what the kernel received, read back from /proc."""
+import errno
 import os
 import subprocess
 import uuid
@@ -453,7 +454,9 @@ def test_start_init_of_a_missing_helper_names_execve_and_leaves_nothing(tmp_path
         c.start_init(c.CLONE_NEWPID if os.geteuid() == 0 else c.CLONE_NEWPID | c.CLONE_NEWUSER,
                      os.geteuid() != 0, c.PGJOB_INIT_KILL, c.PGJOB_INIT_KILL, False,
                      str(tmp_path / "no-such-helper"))
-    assert info.value.syscall == "execve"
+    # Marked where it is known: a helper that can't be run means no namespace here.
+    assert info.value.syscall == "execve" and info.value._pgjob_meaning is pgjob.UnsupportedError
+    assert info.value.filename == str(tmp_path / "no-such-helper")
     assert set(os.listdir("/proc/self/fd")) == before  # every descriptor of the attempt closed
     # and the failed child was reaped (older children may have gone meanwhile: a subset)
     assert set(children_by_parent().get(os.getpid(), [])) <= children_before
@@ -473,8 +476,8 @@ def unrunnable_helper(monkeypatch, tmp_path):
 def test_a_helper_that_cant_run_makes_a_named_pid_namespace_unsupported(unrunnable_helper):
     with pytest.raises(pgjob.UnsupportedError) as info:
         pgjob.Job(mechanism="pid_namespace")
-    assert unrunnable_helper in str(info.value)
-    assert info.value.__cause__.syscall == "execve"
+    assert unrunnable_helper in str(info.value) and info.value.filename == unrunnable_helper
+    assert info.value.errno == errno.ENOEXEC and info.value.__cause__.syscall == "execve"
 
 
 def test_a_helper_that_cant_run_falls_back_and_says_so(unrunnable_helper, caplog):

@@ -18,13 +18,19 @@ from proc_helpers import wait_until
 pytestmark = pytest.mark.linux
 
 
+CLONE_THREAD = 0x00010000
+
+
 @pytest.fixture
 def no_namespaces(monkeypatch):
-    """The kernel refusing PID namespaces, as user.max_pid_namespaces=0 does: ENOSPC from clone3."""
-    def refuse(*start_init_args):
-        exc = OSError(errno.ENOSPC, "clone3 failed: No space left on device")
-        exc.syscall = "clone3"
-        raise exc
+    """The kernel refusing the clone of a namespace's init, for real: the real start_init,
+    asked for CLONE_THREAD without CLONE_SIGHAND, which copy_process() refuses with EINVAL
+    before anything is made (as user.max_pid_namespaces=0 refuses with ENOSPC, or seccomp
+    with EPERM). What pgjob makes of it is what its C layer marked."""
+    real = _jobobject.start_init
+
+    def refuse(flags, *args, **kwargs):
+        return real(flags | CLONE_THREAD, *args, **kwargs)
 
     monkeypatch.setattr(_jobobject, "start_init", refuse)
     monkeypatch.setattr(_linux_helpers, "_NAMESPACE_FLAGS", {})
@@ -69,7 +75,7 @@ def test_fallback_logs_what_failed_and_what_remains(job_factory, no_namespaces, 
         job = job_factory()
     assert job.mechanism == "pdeathsig"
     message = caplog.records[-1].getMessage()
-    assert "No space left on device" in message and "errno 28" in message
+    assert "clone failed: Invalid argument" in message and "errno 22" in message
     assert "falling back to mechanism=pdeathsig" in message and "survive" in message
     p = job.popen(["sh", "-c", "echo $$"], stdout=subprocess.PIPE)
     assert int(p.communicate(timeout=10)[0]) == p.pid  # no namespace: real pids
@@ -78,13 +84,13 @@ def test_fallback_logs_what_failed_and_what_remains(job_factory, no_namespaces, 
 def test_fallback_refused_with_on_unavailable_raise(job_factory, no_namespaces):
     with pytest.raises(pgjob.UnsupportedError) as info:
         job_factory(on_unavailable="raise")
-    assert info.value.errno == errno.ENOSPC
+    assert info.value.errno == errno.EINVAL
     assert isinstance(info.value.__cause__, OSError)
 
 
 def test_forced_pid_namespace_unavailable_is_not_silently_downgraded(job_factory, no_namespaces, caplog):
     # A named mechanism is never downgraded, whatever on_unavailable says (docs/api.md).
-    with pytest.raises(pgjob.UnsupportedError, match="clone3"):
+    with pytest.raises(pgjob.UnsupportedError, match="clone failed"):
         job_factory(mechanism="pid_namespace")
 
 

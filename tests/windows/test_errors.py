@@ -1,5 +1,7 @@
 """Every documented exception, raised for real where the OS can be made to, otherwise by
-patching the C function with an OSError carrying the real winerror."""
+patching the C function with an OSError carrying the real winerror (and the meaning that C
+function marks it with, where it marks one)."""
+import _winapi
 import logging
 import subprocess
 import sys
@@ -7,16 +9,20 @@ import sys
 import pytest
 
 import pgjob
-from pgjob import _jobobject, _job
+from pgjob import _errors, _jobobject, _job
 from conftest import actor_command, alive, wait_gone
 
 ERROR_ACCESS_DENIED = _jobobject.ERROR_ACCESS_DENIED
 NO_SUCH_PID = 0xFFFFFFF0  # pids are multiples of 4 and far smaller
 
 
-def win_oserror(winerror, syscall):
+def win_oserror(winerror, syscall, meaning=None):
+    """An OSError as common_errors.c makes it: the code, .syscall and, where the C function
+    marks one for that code, its meaning."""
     exc = OSError(0, f"{syscall} failed: simulated", None, winerror)
     exc.syscall = syscall
+    if meaning is not None:
+        _errors.mark(exc, meaning)
     return exc
 
 
@@ -26,10 +32,27 @@ def fresh_protection(monkeypatch):
     monkeypatch.setattr(_job, "_PROTECTION", None)
 
 
-def patch_c(monkeypatch, name, winerror):
-    def fail(*args):
-        raise win_oserror(winerror, name)
+def patch_c(monkeypatch, name, winerror, meaning=None):
+    def fail(*args, **kwargs):
+        raise win_oserror(winerror, name, meaning)
     monkeypatch.setattr(_jobobject, name, fail)
+
+
+def refuse_assignments(monkeypatch):
+    """AssignProcessToJobObject refused by the kernel, for real: the real C function is given
+    a copy of the process handle with SYNCHRONIZE only, without the PROCESS_SET_QUOTA and
+    PROCESS_TERMINATE rights it needs, and Windows answers ERROR_ACCESS_DENIED, the code a
+    job that forbids nesting gives. What pgjob makes of it is what win_job.c marked."""
+    real = _jobobject.AssignProcessToJobObject
+    me = _winapi.GetCurrentProcess()
+
+    def assign(job, process):
+        weak = _winapi.DuplicateHandle(me, process, me, 0x00100000, False, 0)  # SYNCHRONIZE
+        try:
+            return real(job, weak)
+        finally:
+            _winapi.CloseHandle(weak)
+    monkeypatch.setattr(_jobobject, "AssignProcessToJobObject", assign)
 
 
 # -- JobClosedError ------------------------------------------------------------------------
@@ -73,18 +96,18 @@ def test_detach_hands_over_the_handle(reaper):
 # -- AlreadyInJobError and the protect_children fallback ----------------------------------
 
 def test_assign_current_refused_is_already_in_job(monkeypatch):
-    patch_c(monkeypatch, "AssignProcessToJobObject", ERROR_ACCESS_DENIED)
+    refuse_assignments(monkeypatch)
     with pgjob.Job() as job:
         with pytest.raises(pgjob.AlreadyInJobError) as info:
             job.assign_current()
     err = info.value
     assert err.winerror == ERROR_ACCESS_DENIED
     assert isinstance(err.__cause__, OSError) and err.__cause__.winerror == ERROR_ACCESS_DENIED
-    assert "AssignProcessToJobObject" in str(err)
+    assert "AssignProcessToJobObject" in str(err) and "simulated" not in str(err)
 
 
 def test_protect_children_logs_and_continues_when_refused(monkeypatch, caplog, fresh_protection):
-    patch_c(monkeypatch, "AssignProcessToJobObject", ERROR_ACCESS_DENIED)
+    refuse_assignments(monkeypatch)
     caplog.set_level(logging.INFO, logger="pgjob")
     job = pgjob.protect_children()
     assert job.mechanism == "none"
@@ -98,7 +121,7 @@ def test_protect_children_logs_and_continues_when_refused(monkeypatch, caplog, f
 
 
 def test_protect_children_raise_mode(monkeypatch, fresh_protection):
-    patch_c(monkeypatch, "AssignProcessToJobObject", ERROR_ACCESS_DENIED)
+    refuse_assignments(monkeypatch)
     with pytest.raises(pgjob.AlreadyInJobError):
         pgjob.protect_children(on_unavailable="raise")
     assert _job._PROTECTION is None
@@ -191,7 +214,7 @@ def test_assign_race_with_exit_is_process_exited(monkeypatch, job):
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait(60)
     handle = pgjob.ProcessHandle(p._handle)
-    patch_c(monkeypatch, "AssignProcessToJobObject", ERROR_ACCESS_DENIED)
+    refuse_assignments(monkeypatch)
     with pytest.raises(pgjob.ProcessExitedError) as info:
         job.assign(handle)
     assert info.value.__cause__.winerror == ERROR_ACCESS_DENIED
@@ -225,7 +248,7 @@ def test_other_codes_are_job_error_keeping_winerror(monkeypatch):
 
 
 def test_create_failure_falls_back_or_raises(monkeypatch, caplog):
-    patch_c(monkeypatch, "CreateJobObject", ERROR_ACCESS_DENIED)
+    patch_c(monkeypatch, "CreateJobObject", ERROR_ACCESS_DENIED, pgjob.UnsupportedError)
     with pytest.raises(pgjob.UnsupportedError) as info:
         pgjob.Job(on_unavailable="raise")
     assert info.value.winerror == ERROR_ACCESS_DENIED

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import pgjob
-from pgjob import EventKind, _jobobject
+from pgjob import EventKind, _errors, _jobobject
 from conftest import WINE_VERSION, actor_command, alive, wait_gone
 
 ACCESS_VIOLATION = 0xC0000005
@@ -126,10 +126,10 @@ def test_cpu_rate_is_set_or_refused_as_unsupported():
 
 
 def test_a_job_with_limits_never_falls_back_to_none(monkeypatch):
-    def refuse(*args):
+    def refuse(*args, **kwargs):
         exc = OSError(0, "simulated", None, _jobobject.ERROR_ACCESS_DENIED)
         exc.syscall = "CreateJobObjectW"
-        raise exc
+        raise _errors.mark(exc, pgjob.UnsupportedError)  # as win_job.c marks it
     monkeypatch.setattr(_jobobject, "CreateJobObject", refuse)
     with pytest.raises(pgjob.UnsupportedError):
         pgjob.Job(memory_limit=1 << 30)  # on_unavailable="log" does not apply to limits
