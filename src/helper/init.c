@@ -23,7 +23,9 @@
  *                  mm carries the owner's flag, and a non-dumpable task's /proc files are
  *                  root's: the owner that setuid()'d from root would get EACCES);
  *   owner -> init  'TERMINATE': kill(-1, SIGKILL) inside the namespace, answered with the same
- *                  byte; 'DETACH': drain; EOF (the owner exec'd, died or closed the job): ON_EOF.
+ *                  byte; 'DETACH': drain, answered with the same byte once PR_SET_PDEATHSIG is
+ *                  off (until then the owner's death would still take the namespace down);
+ *                  EOF (the owner exec'd, died or closed the job): ON_EOF.
  * The init decides to go when the owner process has exited (its pidfd turns readable only when
  * the whole process has) or closed its end: ON_OWNER_EXIT / ON_EOF say whether to exit now
  * (kill_on_close) or to drain: stay until nobody is left in the namespace (kill(-1, 0) fails
@@ -158,6 +160,7 @@ report:
     }
     for (;;) {
         long action;
+        int detach_asked = 0;
         if (draining && h_kill(-1, 0) == -ESRCH)
             return 0; /* the namespace is empty and nobody will spawn into it again */
         ret = h_ppoll(fds, 2, draining ? &drain_check : NULL);
@@ -191,8 +194,10 @@ report:
                 if (h_getpid() == 1)
                     h_kill(-1, SIGKILL);
                 write_all(fds[1].fd, &command, 1);
-            } else if (command == HELPER_INIT_DETACH && action < HELPER_INIT_DRAIN) {
-                action = HELPER_INIT_DRAIN;
+            } else if (command == HELPER_INIT_DETACH) {
+                if (action < HELPER_INIT_DRAIN)
+                    action = HELPER_INIT_DRAIN;
+                detach_asked = 1;
             }
         }
         if (action == HELPER_INIT_KILL)
@@ -202,6 +207,11 @@ report:
             h_prctl(PR_SET_PDEATHSIG, 0);
             fds[0].fd = -1;
             draining = 1;
+        }
+        if (detach_asked) {
+            /* Draining now, whatever the owner does next: say so. */
+            char answer = HELPER_INIT_DETACH;
+            write_all(fds[1].fd, &answer, 1);
         }
     }
 }

@@ -146,18 +146,25 @@ class _Init:
     def terminate_members(self, timeout: float = 5.0) -> None:
         """SIGKILL every process in the namespace but the init, which stays for later spawns;
         returns once the init has sent them the signal."""
+        if not self._ask(c.PGJOB_INIT_TERMINATE, timeout):
+            raise TimeoutError(errno.ETIMEDOUT, f"the job's init (pid {self.pid}) did not "
+                               f"answer the terminate request in {timeout} s")
+
+    def _ask(self, command: int, timeout: float) -> bool:
+        """Send the init `command` and wait for its answer (the same byte): True once it has
+        answered or exited (it then took the namespace with it), False after `timeout`."""
         if self.pidfd < 0 or self.control < 0:
-            return  # released (or a fork's inert copy): nothing of ours to act on
+            return True  # released (or a fork's inert copy): nothing of ours to act on
         try:
             # A stopped init could not answer: let it run (it ignores the signal itself).
             signal.pidfd_send_signal(self.pidfd, signal.SIGCONT)
         except ProcessLookupError:
-            return  # the init is gone, and with it every member
+            return True  # the init is gone, and with it every member
         with self._lock:
             try:
-                os.write(self.control, bytes([c.PGJOB_INIT_TERMINATE]))
+                os.write(self.control, bytes([command]))
             except BrokenPipeError:
-                return  # the init exited: so did the namespace
+                return True  # the init exited: so did the namespace
             poller = select.poll()
             poller.register(self.control, select.POLLIN)
             poller.register(self.pidfd, select.POLLIN)
@@ -165,13 +172,12 @@ class _Init:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(errno.ETIMEDOUT, f"the job's init (pid {self.pid}) did "
-                                       f"not answer the terminate request in {timeout} s")
+                    return False
                 for fd, _ in poller.poll(max(1, int(remaining * 1000))):
                     if fd == self.pidfd:
-                        return  # the init exited: the kernel kills the namespace
-                    if os.read(self.control, 1) in (b"", bytes([c.PGJOB_INIT_TERMINATE])):
-                        return
+                        return True  # the init exited: the kernel kills the namespace
+                    if os.read(self.control, 1) in (b"", bytes([command])):
+                        return True
 
     def exited(self, wait_ms: int = 0) -> bool:
         """Has the init exited (a zombie counts)? Its pidfd turns readable then, which can
@@ -192,14 +198,14 @@ class _Init:
         except ProcessLookupError:
             pass  # exited already, and the namespace with it
 
-    def detach(self) -> None:
-        """Let the members outlive the job and the owner: the init stays until they are gone."""
-        if self.control < 0:
-            return  # released (or a fork's inert copy)
-        try:
-            os.write(self.control, bytes([c.PGJOB_INIT_DETACH]))
-        except OSError:
-            pass  # the init is gone: nothing left to detach from
+    def detach(self, timeout: float = 5.0) -> None:
+        """Let the members outlive the job and the owner: the init stays until they are gone.
+        Returns once the init has said it drains: from then on the owner may die (before,
+        the init's PR_SET_PDEATHSIG would still take the namespace down with it)."""
+        if not self._ask(c.PGJOB_INIT_DETACH, timeout):
+            logger.warning("the job's init (pid %d) did not acknowledge detach() in %s s: "
+                           "if this process dies soon, the members may die with it",
+                           self.pid, timeout)
 
     def release(self, killed: bool = False) -> None:
         for fd in (self.control, self.pidns_fd, self.userns_fd):

@@ -307,27 +307,31 @@ def test_detach_leaves_members_running_and_the_init_drains(job_factory, tracker)
 
 
 _DETACH_THEN_DIE = r"""
-import os, signal, subprocess, sys, time
+import os, signal, subprocess, sys
 import pgjob
 job = pgjob.Job(on_unavailable="raise")
 member = job.popen(["sleep", "60"], stdout=subprocess.DEVNULL)
-print(member.pid, job._impl._init.pid, flush=True)
+init = job._impl._init.pid
+print(member.pid, init, flush=True)
+if sys.argv[1] == "late":
+    # An init not scheduled yet when the owner dies (a loaded machine), made certain.
+    os.kill(init, signal.SIGSTOP)
 job.detach()
-# Not at once: detach() does not wait for the init to take the DETACH, and an owner that dies
-# before it has still kills the namespace (its PR_SET_PDEATHSIG, its pidfd). A known window of
-# microseconds, to be closed by an acknowledged DETACH (as TERMINATE is); this test covers
-# the owner that dies any time later.
-time.sleep(0.5)
+# At once: detach() returns only once the init has said it drains (its PR_SET_PDEATHSIG off).
+# Before that answer, an owner dying microseconds after detach() took the namespace down.
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_detached_members_outlive_the_owner(tracker):
+@pytest.mark.parametrize("init", ["running", "late"])
+def test_detached_members_outlive_the_owner(tracker, init):
     """After detach() the members outlive the owner's death too (as a Windows job's do once
-    its handle is handed on and kept): SIGKILL the owner after detach()."""
+    its handle is handed on and kept): SIGKILL the owner the moment detach() returns, also
+    when the init had not run since the DETACH was sent."""
     from conftest import SRC
-    owner = subprocess.run([sys.executable, "-c", _DETACH_THEN_DIE], stdout=subprocess.PIPE,
-                           env=dict(os.environ, PYTHONPATH=SRC), timeout=60)
+    owner = subprocess.run([sys.executable, "-c", _DETACH_THEN_DIE, init],
+                           stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=SRC),
+                           timeout=60)
     assert owner.returncode == -signal.SIGKILL, owner
     member_pid, init_pid = map(int, owner.stdout.split())
     member, init = tracker.track(member_pid), tracker.track(init_pid)
