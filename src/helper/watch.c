@@ -168,6 +168,20 @@ remove_tree(const char *dir, int depth)
     (void)rmdir(dir);
 }
 
+/* The last of 'k', 'd' or 'x' already waiting on the control socket, 0 if none: what an
+ * owner that has just died said before it died (detach() writes 'd' and returns). */
+static char
+last_word(void)
+{
+    char last = 0, cmd;
+    struct pollfd c = { .fd = CONTROL_FD, .events = POLLIN };
+    while (poll(&c, 1, 0) > 0 && read(CONTROL_FD, &cmd, 1) == 1) {
+        if (cmd == 'k' || cmd == 'd' || cmd == 'x')
+            last = cmd;
+    }
+    return last;
+}
+
 static int
 finish(const char *cgroup, int kill, int answer)
 {
@@ -231,8 +245,16 @@ helper_watch_main(int argc, char **argv)
                 continue;
             return finish(cgroup, on_exit == ACT_KILL, 0);
         }
-        if (p[0].revents)
-            return finish(cgroup, on_exit == ACT_KILL, 0);
+        if (p[0].revents) {
+            /* The owner is gone, but a command it sent before it died still stands: the
+             * pidfd and the socket turn readable together when it dies right after. */
+            char said = watch_control ? last_word() : 0;
+            if (said == 'd')
+                return finish(cgroup, 0, 0);
+            if (said == 'x')
+                return 0;
+            return finish(cgroup, said == 'k' || on_exit == ACT_KILL, 0);
+        }
         if (!p[1].revents)
             continue;
         char cmd;

@@ -18,7 +18,7 @@ import pytest
 
 import pgjob
 from pgjob import _cgroup, _procfs
-from conftest import SRC, unprivileged_python
+from conftest import SRC, alive, unprivileged_python
 from proc_helpers import pids_with_argument, wait_until
 
 pytestmark = pytest.mark.linux
@@ -194,6 +194,42 @@ def test_detach_leaves_members_running_and_the_watcher_removes_the_cgroup(job_fa
     # The watcher drains: once the cgroup is empty it removes it and exits.
     assert wait_until(lambda: not os.path.exists(path), 5 * SCALE)
     assert wait_until(lambda: _gone(watcher), 5 * SCALE)
+
+
+_DETACH_THEN_DIE = r"""
+import os, signal, subprocess, sys
+import pgjob
+job = pgjob.Job(mechanism="cgroup")
+member = job.popen(["sleep", "60"], stdout=subprocess.DEVNULL)
+watcher = job._impl.watcher_pid
+print(member.pid, watcher, job._impl.cgroup_path, flush=True)
+if sys.argv[1] == "late":
+    # A watcher not scheduled yet when the owner dies (a loaded machine), made certain: it
+    # runs again only once the owner is dead (the test resumes it).
+    os.kill(watcher, signal.SIGSTOP)
+job.detach()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("watcher", ["running", "late"])
+def test_detached_members_outlive_the_owner(tracker, watcher):
+    """A kill-on-close cgroup job detached, then its owner SIGKILLed the moment detach()
+    returns: the members live on, and the watcher removes the cgroup once they are gone.
+    The watcher reads the owner's death and its 'd' together: the 'd' comes first."""
+    _writable_or_skip()
+    owner = subprocess.run([sys.executable, "-c", _DETACH_THEN_DIE, watcher],
+                           stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=SRC),
+                           timeout=60)
+    assert owner.returncode == -signal.SIGKILL, owner
+    member_pid, watcher_pid, path = owner.stdout.decode().split()
+    member = tracker.track(int(member_pid))
+    tracker.track(int(watcher_pid))
+    os.kill(int(watcher_pid), signal.SIGCONT)
+    assert not wait_until(lambda: not alive(member), 0.5 * SCALE), "the member died"
+    os.kill(int(member_pid), signal.SIGKILL)
+    assert wait_until(lambda: not os.path.exists(path), 5 * SCALE)
+    assert wait_until(lambda: _gone(int(watcher_pid)), 5 * SCALE)
 
 
 def test_limits_name_what_is_missing(job_factory):
