@@ -694,7 +694,6 @@ def markdown(result):
     if "costs" in result and "rows" in result["costs"]:
         c, t = result["costs"], result["costs"]["targets"]
         m = c["memory"]
-        ratio = {r["contender"]: r["ratio_to_subprocess"] for r in c["rows"]}
         out += ["## 5. Issue 9's costs, next to subprocess.Popen", "",
                 f"(a) A {m['owner_mib']} MiB owner touches its memory, creates a Job, starts a "
                 f"member (`sleep`), then rewrites all its memory; MemAvailable lost meanwhile, "
