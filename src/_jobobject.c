@@ -35,6 +35,9 @@ static PyMethodDef jobobject_methods[] = {
      "Without include_io the basic class is queried and the byte counts are 0."},
     {"GetProcessHandleCount", win_GetProcessHandleCount, METH_VARARGS,
      "GetProcessHandleCount($module, process_handle, /)\n--\n\n-> int"},
+    {"GetProcessCommandLine", win_GetProcessCommandLine, METH_VARARGS,
+     "GetProcessCommandLine($module, process_handle, /)\n--\n\n"
+     "-> str: the command line the process was started with (Windows 8.1+)."},
     {"WineVersion", win_WineVersion, METH_NOARGS,
      "WineVersion($module, /)\n--\n\n"
      "-> str | None: ntdll!wine_get_version(), None on real Windows."},

@@ -77,6 +77,7 @@ PyObject *win_TerminateJobObject(PyObject *self, PyObject *args);
 PyObject *win_QueryJobProcessIdList(PyObject *self, PyObject *args);
 PyObject *win_QueryJobAccounting(PyObject *self, PyObject *args);
 PyObject *win_GetProcessHandleCount(PyObject *self, PyObject *args);
+PyObject *win_GetProcessCommandLine(PyObject *self, PyObject *args);
 PyObject *win_WineVersion(PyObject *self, PyObject *args);
 
 /* ---- win_port.c: completion-port notifications ---- */

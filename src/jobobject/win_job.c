@@ -333,6 +333,55 @@ win_GetProcessHandleCount(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLong(count);
 }
 
+/* GetProcessCommandLine(process_handle) -> str: the command line the process was started
+ * with, from NtQueryInformationProcess(ProcessCommandLineInformation), Windows 8.1 and later
+ * (and Wine). The handle needs PROCESS_QUERY_LIMITED_INFORMATION. */
+PyObject *
+win_GetProcessCommandLine(PyObject *self, PyObject *args)
+{
+    typedef LONG(NTAPI * query_fn)(HANDLE, ULONG, PVOID, ULONG, PULONG);
+    typedef ULONG(NTAPI * to_dos_fn)(LONG);
+    struct counted_string { USHORT length, maximum_length; PWSTR buffer; } *text;
+    const ULONG process_command_line_information = 60;
+    const char *query_name = "NtQueryInformationProcess(ProcessCommandLineInformation)";
+    unsigned long long process;
+    HMODULE ntdll = GetModuleHandleW(L"ntdll.dll");
+    query_fn query;
+    to_dos_fn to_dos;
+    ULONG size = 0;
+    LONG status;
+    PyObject *result;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT ":GetProcessCommandLine", &process))
+        return NULL;
+    if (ntdll == NULL)
+        return pgjob_last_error("GetModuleHandleW(ntdll.dll)");
+    query = (query_fn)(void (*)(void))GetProcAddress(ntdll, "NtQueryInformationProcess");
+    to_dos = (to_dos_fn)(void (*)(void))GetProcAddress(ntdll, "RtlNtStatusToDosError");
+    if (query == NULL || to_dos == NULL)
+        return pgjob_last_error("GetProcAddress(ntdll.dll, NtQueryInformationProcess)");
+    /* The first call says how much it needs (STATUS_INFO_LENGTH_MISMATCH); the command line
+     * can't change in between: it is the one the process was created with. */
+    Py_BEGIN_ALLOW_THREADS
+    status = query(PGJOB_H(process), process_command_line_information, NULL, 0, &size);
+    Py_END_ALLOW_THREADS
+    if (size < sizeof(*text))
+        return pgjob_oserror(query_name, to_dos(status));
+    if ((text = PyMem_Malloc(size)) == NULL)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    status = query(PGJOB_H(process), process_command_line_information, text, size, &size);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        PyMem_Free(text);
+        return pgjob_oserror(query_name, to_dos(status));
+    }
+    result = PyUnicode_FromWideChar(text->buffer, text->length / sizeof(WCHAR));
+    PyMem_Free(text);
+    return result;
+}
+
 PyObject *
 win_WineVersion(PyObject *self, PyObject *unused)
 {
