@@ -13,7 +13,12 @@ import threading
 
 import pytest
 
-from proc_helpers import TIMEOUT_SCALE
+from proc_helpers import TIMEOUT_SCALE, pgjob_plugin_args
+
+# The suites use pgjob's own pytest plugin (its `job` fixture), as a user's would: through its
+# pytest11 entry point where pgjob is installed (the wheel's test run), loaded here in the
+# source tree.
+pytest_plugins = [arg for arg in pgjob_plugin_args() if arg != "-p"]
 
 collect_ignore = []
 if sys.platform != "win32":

@@ -112,3 +112,14 @@ class LineReader:
             raise AssertionError(f"{self.what} {self.pid} closed its output (exit status "
                                  f"{status}) before it was ready")
         return json.loads(line)
+
+
+def pgjob_plugin_args():
+    """The pytest arguments that load pgjob's plugin in a child pytest run: none where pgjob
+    is installed (its pytest11 entry point loads it), `-p pgjob.pytest_plugin` in the source
+    tree (loading it both ways would register it twice)."""
+    from importlib import metadata
+    points = metadata.entry_points()
+    group = (points.select(group="pytest11") if hasattr(points, "select")
+             else points.get("pytest11", ()))
+    return [] if any(p.name == "pgjob" for p in group) else ["-p", "pgjob.pytest_plugin"]

@@ -131,10 +131,8 @@ def reaper():
         r.finish()
 
 
-@pytest.fixture
-def job():
-    with pgjob.Job(kill_on_close=True) as j:
-        yield j
+# `job`: pgjob's pytest plugin's fixture (a kill-on-close Job whose members must be gone
+# after the test), which tests/conftest.py loads.
 
 
 def free_port():
