@@ -21,7 +21,7 @@ pytestmark = pytest.mark.linux
 @pytest.fixture
 def no_namespaces(monkeypatch):
     """The kernel refusing PID namespaces, as user.max_pid_namespaces=0 does: ENOSPC from clone3."""
-    def refuse(*start_init_args):
+    def refuse(*args, **kwargs):
         exc = OSError(errno.ENOSPC, "clone3 failed: No space left on device")
         exc.syscall = "clone3"
         raise exc

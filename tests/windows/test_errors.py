@@ -27,7 +27,7 @@ def fresh_protection(monkeypatch):
 
 
 def patch_c(monkeypatch, name, winerror):
-    def fail(*args):
+    def fail(*args, **kwargs):
         raise win_oserror(winerror, name)
     monkeypatch.setattr(_jobobject, name, fail)
 
