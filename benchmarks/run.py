@@ -527,8 +527,9 @@ def _namespace_floor(job, argv):
 
     def fork_exec(*args):
         pid, pidfd = _jobobject.spawn(
-            *_linux_spawn._PICK_SPAWN_FIELDS(args + _linux_spawn._MISSING), init.pidns_fd,
-            init.userns_fd, False, _linux_spawn._CHDIR_MARKER, -1, -1)
+            *_linux_spawn._PICK_SPAWN_FIELDS(args + _linux_spawn._MISSING),
+            pidns_fd=init.pidns_fd, userns_fd=init.userns_fd, pdeathsig=False,
+            chdir_marker=_linux_spawn._CHDIR_MARKER, cgroup_fd=-1, data_limit=-1)
         if last[0] >= 0:
             os.close(last[0])
         last[0] = pidfd

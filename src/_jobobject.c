@@ -2,6 +2,10 @@
  * The syscall wrappers live one API family per file in src/jobobject/; see jobobject.h. */
 #include "jobobject.h"
 
+/* A function taking keywords has the METH_KEYWORDS C signature (self, args, kwargs); the table's
+ * slot is a PyCFunction. Casting through void (*)(void) tells -Wcast-function-type it is meant. */
+#define PGJOB_KEYWORDS_FN(fn) ((PyCFunction)(void (*)(void))(fn))
+
 static PyMethodDef jobobject_methods[] = {
 #ifdef MS_WINDOWS
     /* win_job.c */
@@ -9,27 +13,29 @@ static PyMethodDef jobobject_methods[] = {
      "CreateJobObject($module, name, /)\n--\n\n"
      "A new, non-inheritable job handle; name is a str or None."},
     {"CloseHandle", win_CloseHandle, METH_VARARGS, "CloseHandle($module, handle, /)\n--\n\n"},
-    {"SetJobExtendedLimits", win_SetJobExtendedLimits, METH_VARARGS,
+    {"SetJobExtendedLimits", PGJOB_KEYWORDS_FN(win_SetJobExtendedLimits),
+     METH_VARARGS | METH_KEYWORDS,
      "SetJobExtendedLimits($module, job, limit_flags, process_memory, job_memory,\n"
-     "                     active_processes, /)\n--\n\n"},
+     "                     active_processes)\n--\n\n"},
     {"QueryJobExtendedLimits", win_QueryJobExtendedLimits, METH_VARARGS,
      "QueryJobExtendedLimits($module, job, /)\n--\n\n"
      "-> (limit_flags, process_memory, job_memory, active_processes, peak_process_memory,"
      " peak_job_memory)"},
-    {"SetJobCpuRate", win_SetJobCpuRate, METH_VARARGS,
-     "SetJobCpuRate($module, job, control_flags, cpu_rate, /)\n--\n\n"
+    {"SetJobCpuRate", PGJOB_KEYWORDS_FN(win_SetJobCpuRate), METH_VARARGS | METH_KEYWORDS,
+     "SetJobCpuRate($module, job, control_flags, cpu_rate)\n--\n\n"
      "cpu_rate in 1/100 of a percent."},
-    {"AssignProcessToJobObject", win_AssignProcessToJobObject, METH_VARARGS,
-     "AssignProcessToJobObject($module, job, process_handle, /)\n--\n\n"},
-    {"IsProcessInJob", win_IsProcessInJob, METH_VARARGS,
-     "IsProcessInJob($module, process_handle, job, /)\n--\n\n"
+    {"AssignProcessToJobObject", PGJOB_KEYWORDS_FN(win_AssignProcessToJobObject),
+     METH_VARARGS | METH_KEYWORDS,
+     "AssignProcessToJobObject($module, job, process_handle)\n--\n\n"},
+    {"IsProcessInJob", PGJOB_KEYWORDS_FN(win_IsProcessInJob), METH_VARARGS | METH_KEYWORDS,
+     "IsProcessInJob($module, process_handle, job)\n--\n\n"
      "-> bool; job 0 asks: in any job?"},
-    {"TerminateJobObject", win_TerminateJobObject, METH_VARARGS,
-     "TerminateJobObject($module, job, exit_code, /)\n--\n\n"},
+    {"TerminateJobObject", PGJOB_KEYWORDS_FN(win_TerminateJobObject), METH_VARARGS | METH_KEYWORDS,
+     "TerminateJobObject($module, job, exit_code)\n--\n\n"},
     {"QueryJobProcessIdList", win_QueryJobProcessIdList, METH_VARARGS,
      "QueryJobProcessIdList($module, job, /)\n--\n\n-> list[int]"},
-    {"QueryJobAccounting", win_QueryJobAccounting, METH_VARARGS,
-     "QueryJobAccounting($module, job, include_io, /)\n--\n\n"
+    {"QueryJobAccounting", PGJOB_KEYWORDS_FN(win_QueryJobAccounting), METH_VARARGS | METH_KEYWORDS,
+     "QueryJobAccounting($module, job, include_io)\n--\n\n"
      "-> (total_processes, active_processes, terminated_processes, user_time_100ns,"
      " kernel_time_100ns, read_bytes, write_bytes)\n\n"
      "Without include_io the basic class is queried and the byte counts are 0."},
@@ -44,17 +50,19 @@ static PyMethodDef jobobject_methods[] = {
     /* win_port.c */
     {"CreateIoCompletionPort", win_CreateIoCompletionPort, METH_NOARGS,
      "CreateIoCompletionPort($module, /)\n--\n\n-> int: a new completion port handle."},
-    {"AssociateJobCompletionPort", win_AssociateJobCompletionPort, METH_VARARGS,
-     "AssociateJobCompletionPort($module, job, port, key, /)\n--\n\n"},
-    {"GetQueuedCompletionStatus", win_GetQueuedCompletionStatus, METH_VARARGS,
-     "GetQueuedCompletionStatus($module, port, timeout_ms, /)\n--\n\n"
+    {"AssociateJobCompletionPort", PGJOB_KEYWORDS_FN(win_AssociateJobCompletionPort),
+     METH_VARARGS | METH_KEYWORDS,
+     "AssociateJobCompletionPort($module, job, port, key)\n--\n\n"},
+    {"GetQueuedCompletionStatus", PGJOB_KEYWORDS_FN(win_GetQueuedCompletionStatus),
+     METH_VARARGS | METH_KEYWORDS,
+     "GetQueuedCompletionStatus($module, port, timeout_ms)\n--\n\n"
      "-> (message, key, value), or None on timeout"},
     /* win_spawn.c */
-    {"CreateProcessInJob", win_CreateProcessInJob, METH_VARARGS,
+    {"CreateProcessInJob", PGJOB_KEYWORDS_FN(win_CreateProcessInJob), METH_VARARGS | METH_KEYWORDS,
      "CreateProcessInJob($module, application_name, command_line, inherit_handles,\n"
      "                   creation_flags, environment_block, current_directory, startup_flags,\n"
      "                   show_window, std_input, std_output, std_error, handle_list, job,\n"
-     "                   use_job_list, /)\n--\n\n"
+     "                   use_job_list)\n--\n\n"
      "-> (process_handle, thread_handle, pid, tid, path)\n\n"
      "The child is a member of `job` before its first instruction runs; `path` is 'job_list'\n"
      "or 'suspended'. It stays suspended only if creation_flags has CREATE_SUSPENDED.\n"
@@ -65,17 +73,18 @@ static PyMethodDef jobobject_methods[] = {
      "JobListSupported($module, /)\n--\n\n"
      "-> bool: does UpdateProcThreadAttribute accept PROC_THREAD_ATTRIBUTE_JOB_LIST?\n\n"
      "False only for the system's ERROR_NOT_SUPPORTED; any other failure is raised."},
-    {"CompareStringOrdinal", win_CompareStringOrdinal, METH_VARARGS,
-     "CompareStringOrdinal($module, a, b, ignore_case, /)\n--\n\n"
+    {"CompareStringOrdinal", PGJOB_KEYWORDS_FN(win_CompareStringOrdinal),
+     METH_VARARGS | METH_KEYWORDS,
+     "CompareStringOrdinal($module, a, b, ignore_case)\n--\n\n"
      "-> CSTR_LESS_THAN | CSTR_EQUAL | CSTR_GREATER_THAN"},
 #endif
 #ifdef __linux__
     /* linux_spawn.c */
-    {"spawn", linux_spawn, METH_VARARGS,
+    {"spawn", PGJOB_KEYWORDS_FN(linux_spawn), METH_VARARGS | METH_KEYWORDS,
      "spawn($module, argv, executables, env, cwd, close_fds, fds_to_keep, p2cread, p2cwrite,\n"
      "      c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,\n"
      "      restore_signals, start_new_session, process_group, gid, extra_groups, uid, umask,\n"
-     "      pidns_fd, userns_fd, pdeathsig, chdir_marker, cgroup_fd=-1, data_limit=-1, /)\n"
+     "      pidns_fd, userns_fd, pdeathsig, chdir_marker, cgroup_fd=-1, data_limit=-1)\n"
      "--\n\n"
      "-> (pid, pidfd)\n\n"
      "pidns_fd >= 0: the program starts in that PID namespace (after entering userns_fd if\n"
@@ -86,9 +95,9 @@ static PyMethodDef jobobject_methods[] = {
      "released; fds_to_keep is a sorted tuple of distinct fds >= 0, as for fork_exec.\n"
      "The pidfd is above 2 and close-on-exec."},
     /* linux_job.c */
-    {"start_init", linux_start_init, METH_VARARGS,
+    {"start_init", PGJOB_KEYWORDS_FN(linux_start_init), METH_VARARGS | METH_KEYWORDS,
      "start_init($module, clone_flags, map_ids, on_owner_exit, on_eof, arm_pdeathsig,\n"
-     "           helper_path, /)\n--\n\n"
+     "           helper_path)\n--\n\n"
      "-> (pid, pidfd, control_fd)\n\n"
      "Start `helper_path init` (clone CLONE_VM|CLONE_VFORK + execve) as the init of a new PID\n"
      "namespace; returns once it runs the helper."},

@@ -68,28 +68,28 @@ void pgjob_trace(const char *fmt, ...)
 /* ---- win_job.c: Job Object lifecycle, limits, membership, accounting ---- */
 PyObject *win_CreateJobObject(PyObject *self, PyObject *args);
 PyObject *win_CloseHandle(PyObject *self, PyObject *args);
-PyObject *win_SetJobExtendedLimits(PyObject *self, PyObject *args);
+PyObject *win_SetJobExtendedLimits(PyObject *self, PyObject *args, PyObject *kwargs);
 PyObject *win_QueryJobExtendedLimits(PyObject *self, PyObject *args);
-PyObject *win_SetJobCpuRate(PyObject *self, PyObject *args);
-PyObject *win_AssignProcessToJobObject(PyObject *self, PyObject *args);
-PyObject *win_IsProcessInJob(PyObject *self, PyObject *args);
-PyObject *win_TerminateJobObject(PyObject *self, PyObject *args);
+PyObject *win_SetJobCpuRate(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *win_AssignProcessToJobObject(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *win_IsProcessInJob(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *win_TerminateJobObject(PyObject *self, PyObject *args, PyObject *kwargs);
 PyObject *win_QueryJobProcessIdList(PyObject *self, PyObject *args);
-PyObject *win_QueryJobAccounting(PyObject *self, PyObject *args);
+PyObject *win_QueryJobAccounting(PyObject *self, PyObject *args, PyObject *kwargs);
 PyObject *win_GetProcessHandleCount(PyObject *self, PyObject *args);
 PyObject *win_GetProcessCommandLine(PyObject *self, PyObject *args);
 PyObject *win_WineVersion(PyObject *self, PyObject *args);
 
 /* ---- win_port.c: completion-port notifications ---- */
 PyObject *win_CreateIoCompletionPort(PyObject *self, PyObject *args);
-PyObject *win_AssociateJobCompletionPort(PyObject *self, PyObject *args);
-PyObject *win_GetQueuedCompletionStatus(PyObject *self, PyObject *args);
+PyObject *win_AssociateJobCompletionPort(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *win_GetQueuedCompletionStatus(PyObject *self, PyObject *args, PyObject *kwargs);
 
 /* ---- win_spawn.c: CreateProcessW of a child that is a job member from its first instruction ---- */
-PyObject *win_CreateProcessInJob(PyObject *self, PyObject *args);
+PyObject *win_CreateProcessInJob(PyObject *self, PyObject *args, PyObject *kwargs);
 PyObject *win_JobListSupported(PyObject *self, PyObject *args);
 PyObject *win_ResumeThread(PyObject *self, PyObject *args);
-PyObject *win_CompareStringOrdinal(PyObject *self, PyObject *args);
+PyObject *win_CompareStringOrdinal(PyObject *self, PyObject *args, PyObject *kwargs);
 #endif /* MS_WINDOWS */
 
 #ifdef __linux__
@@ -111,7 +111,7 @@ PyObject *win_CompareStringOrdinal(PyObject *self, PyObject *args);
 #define PGJOB_INIT_DETACH HELPER_INIT_DETACH
 
 /* linux_spawn.c: Popen children (inside a job's PID namespace, or a direct pdeathsig child) */
-PyObject *linux_spawn(PyObject *self, PyObject *args);
+PyObject *linux_spawn(PyObject *self, PyObject *args, PyObject *kwargs);
 /* shared with linux_job.c; async-signal-safe */
 void pgjob_close_fds_except(int low, const int *keep, Py_ssize_t n_keep);
 /* Every descriptor pgjob keeps lives above 2 and is close-on-exec: `fd` moved there if it
@@ -129,7 +129,7 @@ pid_t pgjob_clone_vm(int (*fn)(void *), void *arg, char *stack, size_t stack_siz
                      int *pidfd, int cgroup_fd);
 
 /* linux_job.c: a job's namespace init */
-PyObject *linux_start_init(PyObject *self, PyObject *args);
+PyObject *linux_start_init(PyObject *self, PyObject *args, PyObject *kwargs);
 #endif /* __linux__ */
 
 #endif /* PGJOB_JOBOBJECT_H */

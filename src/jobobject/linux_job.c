@@ -132,8 +132,10 @@ map_ids_of(pid_t pid, uid_t uid, gid_t gid)
  * of a socket to it: write PGJOB_INIT_TERMINATE (answered with the same byte once the members
  * are killed) or PGJOB_INIT_DETACH; closing it is on_eof. The pidfd is above 2 too. */
 PyObject *
-linux_start_init(PyObject *self, PyObject *args)
+linux_start_init(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"clone_flags", "map_ids", "on_owner_exit", "on_eof",
+                             "arm_pdeathsig", "helper_path", NULL};
     unsigned long long flags;
     int map_ids, on_owner_exit, on_eof, arm_pdeathsig, sv[2], owner_pidfd, pidfd = -1;
     int saved_errno = 0;
@@ -152,8 +154,9 @@ linux_start_init(PyObject *self, PyObject *args)
     gid_t gid = getegid();
 
     (void)self;
-    if (!PyArg_ParseTuple(args, "KpiipO&:start_init", &flags, &map_ids, &on_owner_exit,
-                          &on_eof, &arm_pdeathsig, PyUnicode_FSConverter, &path_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KpiipO&:start_init", kwlist, &flags,
+                                     &map_ids, &on_owner_exit, &on_eof, &arm_pdeathsig,
+                                     PyUnicode_FSConverter, &path_obj))
         return NULL;
     snprintf(on_owner_exit_text, sizeof(on_owner_exit_text), "%d", on_owner_exit);
     snprintf(on_eof_text, sizeof(on_eof_text), "%d", on_eof);

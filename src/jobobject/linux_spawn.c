@@ -759,7 +759,7 @@ fail:
 /* spawn(argv, executables, env, cwd, close_fds, fds_to_keep,
  *       p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, errpipe_read, errpipe_write,
  *       restore_signals, start_new_session, process_group, gid, extra_groups, uid, umask,
- *       pidns_fd, userns_fd, pdeathsig, chdir_marker, cgroup_fd, data_limit)
+ *       pidns_fd, userns_fd, pdeathsig, chdir_marker, cgroup_fd=-1, data_limit=-1)
  * -> (pid, pidfd)
  *
  * pidns_fd >= 0: the program starts inside that PID namespace (entering userns_fd first if
@@ -769,8 +769,14 @@ fail:
  * program is created in that cgroup by clone3(CLONE_INTO_CGROUP), never runs elsewhere.
  * data_limit >= 0: RLIMIT_DATA of the program, soft and hard, lowered to it (never raised). */
 PyObject *
-linux_spawn(PyObject *self, PyObject *args)
+linux_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {
+        "argv", "executables", "env", "cwd", "close_fds", "fds_to_keep", "p2cread", "p2cwrite",
+        "c2pread", "c2pwrite", "errread", "errwrite", "errpipe_read", "errpipe_write",
+        "restore_signals", "start_new_session", "process_group", "gid", "extra_groups", "uid",
+        "umask", "pidns_fd", "userns_fd", "pdeathsig", "chdir_marker", "cgroup_fd", "data_limit",
+        NULL};
     PyObject *argv_obj, *exec_obj, *env_obj, *cwd_obj, *keep_obj, *groups_obj;
     PyObject *argv_keep = NULL, *exec_keep = NULL, *env_keep = NULL, *cwd_keep = NULL;
     PyObject *gid_obj, *uid_obj;
@@ -790,13 +796,13 @@ linux_spawn(PyObject *self, PyObject *args)
     memset(&c, 0, sizeof(c));
     c.cgroup_fd = -1;
     c.data_limit = -1;
-    if (!PyArg_ParseTuple(args, "OOOOpOiiiiiiiipplOOOiiipp|iL:spawn",
-                          &argv_obj, &exec_obj, &env_obj, &cwd_obj, &c.close_fds, &keep_obj,
-                          &c.p2cread, &c.p2cwrite, &c.c2pread, &c.c2pwrite, &c.errread,
-                          &c.errwrite, &c.errpipe_read, &c.errpipe_write, &c.restore_signals,
-                          &c.start_new_session, &process_group, &gid_obj, &groups_obj,
-                          &uid_obj, &umask_value, &c.pidns_fd, &c.userns_fd, &pdeathsig,
-                          &c.chdir_marker, &c.cgroup_fd, &c.data_limit))
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OOOOpOiiiiiiiipplOOOiiipp|iL:spawn", kwlist, &argv_obj, &exec_obj,
+            &env_obj, &cwd_obj, &c.close_fds, &keep_obj, &c.p2cread, &c.p2cwrite, &c.c2pread,
+            &c.c2pwrite, &c.errread, &c.errwrite, &c.errpipe_read, &c.errpipe_write,
+            &c.restore_signals, &c.start_new_session, &process_group, &gid_obj, &groups_obj,
+            &uid_obj, &umask_value, &c.pidns_fd, &c.userns_fd, &pdeathsig, &c.chdir_marker,
+            &c.cgroup_fd, &c.data_limit))
         return NULL;
     if (c.data_limit < -1) {
         PyErr_SetString(PyExc_ValueError, "data_limit must be -1 (none) or a byte count");

@@ -64,16 +64,19 @@ win_CloseHandle(PyObject *self, PyObject *args)
 }
 
 PyObject *
-win_SetJobExtendedLimits(PyObject *self, PyObject *args)
+win_SetJobExtendedLimits(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"job", "limit_flags", "process_memory", "job_memory",
+                             "active_processes", NULL};
     unsigned long long job, process_memory, job_memory;
     unsigned long flags, active_processes;
     JOBOBJECT_EXTENDED_LIMIT_INFORMATION info;
     BOOL ok;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT "kKKk:SetJobExtendedLimits", &job, &flags,
-                          &process_memory, &job_memory, &active_processes))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, PGJOB_HANDLE_FMT "kKKk:SetJobExtendedLimits",
+                                     kwlist, &job, &flags, &process_memory, &job_memory,
+                                     &active_processes))
         return NULL;
     if ((unsigned long long)(SIZE_T)process_memory != process_memory ||
         (unsigned long long)(SIZE_T)job_memory != job_memory) {
@@ -123,16 +126,17 @@ win_QueryJobExtendedLimits(PyObject *self, PyObject *args)
 }
 
 PyObject *
-win_SetJobCpuRate(PyObject *self, PyObject *args)
+win_SetJobCpuRate(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"job", "control_flags", "cpu_rate", NULL};
     unsigned long long job;
     unsigned long control_flags, cpu_rate;
     JOBOBJECT_CPU_RATE_CONTROL_INFORMATION info;
     BOOL ok;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT "kk:SetJobCpuRate", &job, &control_flags,
-                          &cpu_rate))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, PGJOB_HANDLE_FMT "kk:SetJobCpuRate", kwlist,
+                                     &job, &control_flags, &cpu_rate))
         return NULL;
     ZeroMemory(&info, sizeof(info));
     info.ControlFlags = (DWORD)control_flags;
@@ -165,14 +169,16 @@ assign_meaning(DWORD err)
 }
 
 PyObject *
-win_AssignProcessToJobObject(PyObject *self, PyObject *args)
+win_AssignProcessToJobObject(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"job", "process_handle", NULL};
     unsigned long long job, process;
     BOOL ok;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT ":AssignProcessToJobObject",
-                          &job, &process))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs,
+                                     PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT ":AssignProcessToJobObject",
+                                     kwlist, &job, &process))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     ok = AssignProcessToJobObject(PGJOB_H(job), PGJOB_H(process));
@@ -186,14 +192,15 @@ win_AssignProcessToJobObject(PyObject *self, PyObject *args)
 }
 
 PyObject *
-win_IsProcessInJob(PyObject *self, PyObject *args)
+win_IsProcessInJob(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"process_handle", "job", NULL};
     unsigned long long process, job;
     BOOL ok, result = FALSE;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT ":IsProcessInJob", &process,
-                          &job))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT
+                                     ":IsProcessInJob", kwlist, &process, &job))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     ok = IsProcessInJob(PGJOB_H(process), PGJOB_H(job), &result);
@@ -204,14 +211,16 @@ win_IsProcessInJob(PyObject *self, PyObject *args)
 }
 
 PyObject *
-win_TerminateJobObject(PyObject *self, PyObject *args)
+win_TerminateJobObject(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"job", "exit_code", NULL};
     unsigned long long job;
     unsigned long exit_code;
     BOOL ok;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT "k:TerminateJobObject", &job, &exit_code))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, PGJOB_HANDLE_FMT "k:TerminateJobObject",
+                                     kwlist, &job, &exit_code))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     ok = TerminateJobObject(PGJOB_H(job), (UINT)exit_code);
@@ -282,15 +291,17 @@ win_QueryJobProcessIdList(PyObject *self, PyObject *args)
 }
 
 PyObject *
-win_QueryJobAccounting(PyObject *self, PyObject *args)
+win_QueryJobAccounting(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"job", "include_io", NULL};
     unsigned long long job;
     int include_io;
     JOBOBJECT_BASIC_AND_IO_ACCOUNTING_INFORMATION info;
     BOOL ok;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT "p:QueryJobAccounting", &job, &include_io))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, PGJOB_HANDLE_FMT "p:QueryJobAccounting",
+                                     kwlist, &job, &include_io))
         return NULL;
     ZeroMemory(&info, sizeof(info));
     /* BasicInfo is the first member, so the basic class fills the same struct's head. */

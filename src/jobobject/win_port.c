@@ -19,15 +19,16 @@ win_CreateIoCompletionPort(PyObject *self, PyObject *unused)
 }
 
 PyObject *
-win_AssociateJobCompletionPort(PyObject *self, PyObject *args)
+win_AssociateJobCompletionPort(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"job", "port", "key", NULL};
     unsigned long long job, port, key;
     JOBOBJECT_ASSOCIATE_COMPLETION_PORT info;
     BOOL ok;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT "K:AssociateJobCompletionPort",
-                          &job, &port, &key))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT
+                                     "K:AssociateJobCompletionPort", kwlist, &job, &port, &key))
         return NULL;
     info.CompletionKey = (PVOID)(uintptr_t)key;
     info.CompletionPort = PGJOB_H(port);
@@ -42,8 +43,9 @@ win_AssociateJobCompletionPort(PyObject *self, PyObject *args)
 }
 
 PyObject *
-win_GetQueuedCompletionStatus(PyObject *self, PyObject *args)
+win_GetQueuedCompletionStatus(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"port", "timeout_ms", NULL};
     unsigned long long port;
     unsigned long timeout_ms;
     DWORD message = 0, err = 0;
@@ -52,8 +54,8 @@ win_GetQueuedCompletionStatus(PyObject *self, PyObject *args)
     BOOL ok;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, PGJOB_HANDLE_FMT "k:GetQueuedCompletionStatus", &port,
-                          &timeout_ms))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, PGJOB_HANDLE_FMT "k:GetQueuedCompletionStatus",
+                                     kwlist, &port, &timeout_ms))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     ok = GetQueuedCompletionStatus(PGJOB_H(port), &message, &key, &value, (DWORD)timeout_ms);

@@ -186,8 +186,12 @@ mark_job_list_failure(void)
 }
 
 PyObject *
-win_CreateProcessInJob(PyObject *self, PyObject *args)
+win_CreateProcessInJob(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {
+        "application_name", "command_line", "inherit_handles", "creation_flags",
+        "environment_block", "current_directory", "startup_flags", "show_window", "std_input",
+        "std_output", "std_error", "handle_list", "job", "use_job_list", NULL};
     PyObject *app_obj, *cmd_obj, *env_obj, *cwd_obj, *handle_list_obj;
     int inherit_handles, use_job_list;
     unsigned long creation_flags, startup_flags;
@@ -205,12 +209,13 @@ win_CreateProcessInJob(PyObject *self, PyObject *args)
     PyObject *result = NULL;
 
     (void)self;
-    if (!PyArg_ParseTuple(args,
-                          "OOpkOOkI" PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT
-                          "O" PGJOB_HANDLE_FMT "p:CreateProcessInJob",
-                          &app_obj, &cmd_obj, &inherit_handles, &creation_flags, &env_obj,
-                          &cwd_obj, &startup_flags, &show_window, &std_input, &std_output,
-                          &std_error, &handle_list_obj, &job, &use_job_list))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs,
+                                     "OOpkOOkI" PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT PGJOB_HANDLE_FMT
+                                     "O" PGJOB_HANDLE_FMT "p:CreateProcessInJob", kwlist,
+                                     &app_obj, &cmd_obj, &inherit_handles, &creation_flags,
+                                     &env_obj, &cwd_obj, &startup_flags, &show_window, &std_input,
+                                     &std_output, &std_error, &handle_list_obj, &job,
+                                     &use_job_list))
         return NULL;
     if (!PyUnicode_Check(cmd_obj)) {
         PyErr_SetString(PyExc_TypeError, "command_line must be str");
@@ -341,14 +346,16 @@ win_JobListSupported(PyObject *self, PyObject *unused)
 }
 
 PyObject *
-win_CompareStringOrdinal(PyObject *self, PyObject *args)
+win_CompareStringOrdinal(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"a", "b", "ignore_case", NULL};
     PyObject *a_obj, *b_obj;
     wchar_t *a, *b;
     int ignore_case, result;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, "UUp:CompareStringOrdinal", &a_obj, &b_obj, &ignore_case))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UUp:CompareStringOrdinal", kwlist, &a_obj,
+                                     &b_obj, &ignore_case))
         return NULL;
     /* As _winapi's environment de-duplication converts them: NUL inside is ValueError. */
     a = PyUnicode_AsWideCharString(a_obj, NULL);

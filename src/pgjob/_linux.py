@@ -367,8 +367,8 @@ class NamespaceJob(_LinuxJob):
         # so any thread may spawn.
         init = self._init
         try:
-            return _spawn(fork_exec_args, init.pidns_fd, init.userns_fd, False, -1,
-                          self._data_limit)
+            return _spawn(fork_exec_args, pidns_fd=init.pidns_fd, userns_fd=init.userns_fd,
+                          data_limit=self._data_limit)
         except OSError as exc:
             # A namespace whose init has exited takes no new process: the kernel refuses the
             # clone with ENOMEM. Asking the init's pidfd tells that apart from a real ENOMEM.
@@ -444,8 +444,9 @@ class PdeathsigJob(_LinuxJob):
 
     def _spawn_member(self, fork_exec_args: tuple[Any, ...]) -> tuple[int, int]:
         if not self.options.kill_on_close:
-            return _spawn(fork_exec_args, -1, -1, False, -1, self._data_limit)
-        return _SPAWN_THREAD.call(_spawn, fork_exec_args, -1, -1, True, -1, self._data_limit)
+            return _spawn(fork_exec_args, data_limit=self._data_limit)
+        return _SPAWN_THREAD.call(_spawn, fork_exec_args, pdeathsig=True,
+                                  data_limit=self._data_limit)
 
     def __init__(self, options: JobOptions) -> None:
         super().__init__(options)
@@ -574,7 +575,7 @@ class CgroupJob(_LinuxJob):
     # membership
     def _spawn_member(self, fork_exec_args: tuple[Any, ...]) -> tuple[int, int]:
         # No PR_SET_PDEATHSIG: the watcher covers the whole cgroup, so any thread may spawn.
-        return _spawn(fork_exec_args, -1, -1, False, self._dirfd, self._data_limit)
+        return _spawn(fork_exec_args, cgroup_fd=self._dirfd, data_limit=self._data_limit)
 
     def assign(self, pid: int, handle: Optional[int]) -> None:
         try:

@@ -247,11 +247,13 @@ def _start_job_init(options: JobOptions) -> tuple[_Init, int, bool]:
         try:
             if options.kill_on_close:
                 # The init arms PR_SET_PDEATHSIG, which follows the thread that clones it.
-                pid, pidfd, control = _SPAWN_THREAD.call(c.start_init, flags, map_ids,
-                                                         on_exit, on_exit, True, helper)
+                pid, pidfd, control = _SPAWN_THREAD.call(
+                    c.start_init, clone_flags=flags, map_ids=map_ids, on_owner_exit=on_exit,
+                    on_eof=on_exit, arm_pdeathsig=True, helper_path=helper)
             else:
-                pid, pidfd, control = c.start_init(flags, map_ids, on_exit, on_exit, False,
-                                                   helper)
+                pid, pidfd, control = c.start_init(
+                    clone_flags=flags, map_ids=map_ids, on_owner_exit=on_exit, on_eof=on_exit,
+                    arm_pdeathsig=False, helper_path=helper)
         except OSError as exc:
             # (A helper that can't be executed here, a noexec mount for one, fails the same
             # way on the next try: the C layer marks that as UnsupportedError too.)

@@ -17,18 +17,19 @@ from ._spawn_hook import FORK_EXEC_ARGS
 if TYPE_CHECKING:
     from typing import Any, Callable, TypeVar
 
-    from typing_extensions import TypeVarTuple, Unpack  # typing's own since 3.11
+    from typing_extensions import ParamSpec  # typing's own since 3.10
 
     _T = TypeVar("_T")
-    _Ts = TypeVarTuple("_Ts")
+    _P = ParamSpec("_P")
     # _jobobject.spawn's 21 leading arguments, as fork_exec got them: a tuple of fixed length,
-    # so that mypy can count the arguments _spawn passes after them.
+    # so that mypy can check the arguments _spawn passes after them.
     _SpawnFields = tuple[Any, Any, Any, Any, Any, Any, Any, Any, Any, Any, Any, Any, Any, Any,
                          Any, Any, Any, Any, Any, Any, Any]
     _SpawnFieldPicker = Callable[[tuple[Any, ...]], _SpawnFields]
-    # What a thread hands _SpawnThread's thread: (fn, args, box for the result or the
+    # What a thread hands _SpawnThread's thread: (fn, args, kwargs, box for the result or the
     # exception, event set when box is filled).
-    _SpawnRequest = tuple[Callable[..., object], tuple[object, ...], list[Any], threading.Event]
+    _SpawnRequest = tuple[Callable[..., object], tuple[object, ...], dict[str, object], list[Any],
+                          threading.Event]
 
 if TYPE_CHECKING and sys.platform != "linux":
     # Never true at run time. It tells mypy, checking for another platform, that this
@@ -57,14 +58,16 @@ _MISSING = (-1,)  # process_group where fork_exec has none: leave the group alon
 _PICK_SPAWN_FIELDS, _PREEXEC_FN = _spawn_fields(FORK_EXEC_ARGS)
 
 
-def _spawn(fork_exec_args: tuple[Any, ...], pidns_fd: int, userns_fd: int, pdeathsig: bool,
-           cgroup_fd: int = -1, data_limit: int = -1) -> tuple[int, int]:
+def _spawn(fork_exec_args: tuple[Any, ...], pidns_fd: int = -1, userns_fd: int = -1,
+           pdeathsig: bool = False, cgroup_fd: int = -1, data_limit: int = -1) -> tuple[int, int]:
     """Call _jobobject.spawn with what subprocess passed to _posixsubprocess.fork_exec;
-    (pid, pidfd) of the program. cgroup_fd >= 0 (an O_DIRECTORY fd of a cgroup v2): the program
-    is created inside that cgroup (clone3 CLONE_INTO_CGROUP, Linux 5.7). data_limit >= 0: the
-    program's RLIMIT_DATA, soft and hard, is lowered to it before exec (process_memory_limit).
-    The C layer converts the arguments as _posixsubprocess does (paths with the filesystem
-    encoding, None for ids left alone)."""
+    (pid, pidfd) of the program. pidns_fd >= 0: it starts in that PID namespace (entering
+    userns_fd first if >= 0); else it is a direct child, with PR_SET_PDEATHSIG if pdeathsig.
+    cgroup_fd >= 0 (an O_DIRECTORY fd of a cgroup v2): the program is created inside that
+    cgroup (clone3 CLONE_INTO_CGROUP, Linux 5.7). data_limit >= 0: the program's RLIMIT_DATA,
+    soft and hard, is lowered to it before exec (process_memory_limit). The C layer converts
+    the arguments as _posixsubprocess does (paths with the filesystem encoding, None for ids
+    left alone)."""
     if len(fork_exec_args) != len(FORK_EXEC_ARGS):
         raise UnsupportedError(
             errno.EOPNOTSUPP, f"Python {sys.version_info[0]}.{sys.version_info[1]} called "
@@ -76,8 +79,10 @@ def _spawn(fork_exec_args: tuple[Any, ...], pidns_fd: int, userns_fd: int, pdeat
             "between clone and exec, where running Python is unsafe. Use start_new_session, "
             "process_group, umask, user/group/extra_groups, cwd or env, or do the setup in the "
             "child program itself.")
-    return c.spawn(*_PICK_SPAWN_FIELDS(fork_exec_args + _MISSING), pidns_fd, userns_fd,
-                   pdeathsig, _CHDIR_MARKER, cgroup_fd, data_limit)
+    # fork_exec's own fields by position, pgjob's by name (several are ints that could swap).
+    return c.spawn(*_PICK_SPAWN_FIELDS(fork_exec_args + _MISSING), pidns_fd=pidns_fd,
+                   userns_fd=userns_fd, pdeathsig=pdeathsig, chdir_marker=_CHDIR_MARKER,
+                   cgroup_fd=cgroup_fd, data_limit=data_limit)
 
 
 class _SpawnThread:
@@ -97,9 +102,9 @@ class _SpawnThread:
         self._requests = queue.SimpleQueue()
         self._pid = -1
 
-    def call(self, fn: Callable[[Unpack[_Ts]], _T], *args: Unpack[_Ts]) -> _T:
+    def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if threading.current_thread() is threading.main_thread():
-            return fn(*args)
+            return fn(*args, **kwargs)
         with self._lock:
             if self._pid != os.getpid():  # first use, or we are a fork of the process that had it
                 self._requests = queue.SimpleQueue()
@@ -109,7 +114,7 @@ class _SpawnThread:
             requests = self._requests
         done = threading.Event()
         box: list[Any] = [None, None]
-        requests.put((fn, args, box, done))
+        requests.put((fn, args, kwargs, box, done))
         done.wait()
         if box[1] is not None:
             raise box[1]
@@ -119,9 +124,9 @@ class _SpawnThread:
     @staticmethod
     def _serve(requests: queue.SimpleQueue[_SpawnRequest]) -> None:
         while True:
-            fn, args, box, done = requests.get()
+            fn, args, kwargs, box, done = requests.get()
             try:
-                box[0] = fn(*args)
+                box[0] = fn(*args, **kwargs)
             except BaseException as exc:  # handed to the caller's thread
                 box[1] = exc
             finally:

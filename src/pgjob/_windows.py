@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _winapi
 import errno
+import functools
 import os
 import sys
 import threading
@@ -148,7 +149,7 @@ def environment_block(env: Optional[Mapping[str, str]]) -> Optional[str]:
         keys.sort(key=_environment_sort_key)
         kept = []
         for key, following in zip(keys, keys[1:]):
-            if c.CompareStringOrdinal(key, following, True) != c.CSTR_EQUAL:
+            if c.CompareStringOrdinal(key, following, ignore_case=True) != c.CSTR_EQUAL:
                 kept.append(key)
         keys = kept + keys[-1:]
     entries = []
@@ -206,13 +207,16 @@ class _WinapiWithJob:
             handle_list = [int(h) for h in handle_list]
         block = environment_block(env)
         job = self._job
-        spawn_args = (application_name, command_line, bool(inherit_handles), creation_flags,
-                      block, cwd, si.dwFlags, si.wShowWindow,
-                      int(si.hStdInput or 0), int(si.hStdOutput or 0), int(si.hStdError or 0),
-                      handle_list, cast(int, job.handle))
+        create = functools.partial(
+            c.CreateProcessInJob, application_name=application_name, command_line=command_line,
+            inherit_handles=bool(inherit_handles), creation_flags=creation_flags,
+            environment_block=block, current_directory=cwd, startup_flags=si.dwFlags,
+            show_window=si.wShowWindow, std_input=int(si.hStdInput or 0),
+            std_output=int(si.hStdOutput or 0), std_error=int(si.hStdError or 0),
+            handle_list=handle_list, job=cast(int, job.handle))
         use_job_list = not job.job_list_refused and _use_job_list()
         try:
-            hp, ht, pid, tid, path = c.CreateProcessInJob(*spawn_args, use_job_list)
+            hp, ht, pid, tid, path = create(use_job_list=use_job_list)
         except OSError as exc:
             # Windows refuses the job list when the new job can't join the job hierarchy
             # this process is in (UI limits on either job, a packaged app's job): the same
@@ -223,7 +227,7 @@ class _WinapiWithJob:
             logger.debug("CreateProcessW refused PROC_THREAD_ATTRIBUTE_JOB_LIST (winerror %d); "
                          "retrying on the suspended path", exc.winerror)
             job.job_list_refused = True
-            hp, ht, pid, tid, path = c.CreateProcessInJob(*spawn_args, False)
+            hp, ht, pid, tid, path = create(use_job_list=False)
         try:
             job.hold_member(pid, hp)
             if creation_flags & c.CREATE_SUSPENDED:
@@ -285,16 +289,18 @@ class WindowsJob(JobBackend):
         job = c.CreateJobObject(options.name)
         logger.debug("CreateJobObjectW(%r) -> handle %d", options.name, job)
         try:
-            c.SetJobExtendedLimits(job, limit_flags(options), options.process_memory_limit or 0,
-                                   options.memory_limit or 0, options.process_limit or 0)
+            c.SetJobExtendedLimits(job, limit_flags=limit_flags(options),
+                                   process_memory=options.process_memory_limit or 0,
+                                   job_memory=options.memory_limit or 0,
+                                   active_processes=options.process_limit or 0)
             logger.debug("SetInformationJobObject: limit flags 0x%x", limit_flags(options))
             if options.cpu_rate is not None:
-                c.SetJobCpuRate(job, c.JOB_OBJECT_CPU_RATE_CONTROL_ENABLE
-                                | c.JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP,
-                                max(1, round(options.cpu_rate * 100)))
+                c.SetJobCpuRate(job, control_flags=(c.JOB_OBJECT_CPU_RATE_CONTROL_ENABLE
+                                                    | c.JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP),
+                                cpu_rate=max(1, round(options.cpu_rate * 100)))
             port = c.CreateIoCompletionPort()
             try:
-                c.AssociateJobCompletionPort(job, port, job)
+                c.AssociateJobCompletionPort(job, port, key=job)
             except OSError:
                 c.CloseHandle(port)
                 raise
@@ -447,7 +453,7 @@ class WindowsJob(JobBackend):
     def stats(self) -> JobStats:
         global _IO_ACCOUNTING
         try:
-            values = c.QueryJobAccounting(cast(int, self.handle), _IO_ACCOUNTING)
+            values = c.QueryJobAccounting(cast(int, self.handle), include_io=_IO_ACCOUNTING)
         except OSError as exc:
             # The combined class is missing on some implementations (Wine 8); the basic
             # one is everywhere. Remember, so the fallback costs one failed call per process.
@@ -456,7 +462,7 @@ class WindowsJob(JobBackend):
                                                           c.ERROR_CALL_NOT_IMPLEMENTED):
                 raise
             _IO_ACCOUNTING = False
-            values = c.QueryJobAccounting(cast(int, self.handle), False)
+            values = c.QueryJobAccounting(cast(int, self.handle), include_io=False)
         read: Optional[int]  # None below when the I/O counters were not read
         write: Optional[int]
         total, active, terminated, user, kernel, read, write = values
@@ -558,7 +564,7 @@ class WindowsJob(JobBackend):
                 # Kill explicitly: a handle duplicated elsewhere would otherwise keep the job
                 # (and its members) alive past this close().
                 try:
-                    c.TerminateJobObject(handle, 1)
+                    c.TerminateJobObject(handle, exit_code=1)
                 except OSError:
                     pass
             c.CloseHandle(handle)
@@ -590,7 +596,7 @@ def open_mechanism(name: str, options: JobOptions) -> JobBackend:
 
 def in_job(pid: Optional[int]) -> bool:
     if pid is None or pid == os.getpid():
-        return c.IsProcessInJob(_CURRENT_PROCESS, 0)
+        return c.IsProcessInJob(_CURRENT_PROCESS, job=0)  # in any job
     try:
         try:
             h = _winapi.OpenProcess(_PROCESS_QUERY_INFORMATION, False, pid)
@@ -604,7 +610,7 @@ def in_job(pid: Optional[int]) -> bool:
                                      exc.winerror) from exc
         raise
     try:
-        return c.IsProcessInJob(h, 0)
+        return c.IsProcessInJob(h, job=0)  # in any job
     finally:
         _winapi.CloseHandle(h)
 

@@ -86,3 +86,146 @@ def test_an_extension_of_another_version_is_refused_at_import():
     assert out.startswith("refused:"), out
     for part in (pgjob.__version__, "0.0.1", "/nowhere/_jobobject.so", "build_ext --inplace"):
         assert part in out, out
+
+
+# -- keyword parsing in C: what stubtest cannot see ---------------------------------------------
+# stubtest compares the stub with the text signatures, not with the C functions' kwlists: a
+# kwlist name that differs from the signature's, or names in another order than the format's
+# (a value bound to the wrong parameter), would pass it. Only calls show those.
+
+# The functions that take keywords: every one with more than one parameter.
+KEYWORD_FUNCTIONS = {
+    "linux": {"spawn", "start_init"},
+    "windows": {"SetJobExtendedLimits", "SetJobCpuRate", "AssignProcessToJobObject",
+                "IsProcessInJob", "TerminateJobObject", "QueryJobAccounting",
+                "AssociateJobCompletionPort", "GetQueuedCompletionStatus", "CreateProcessInJob",
+                "CompareStringOrdinal"},
+}.get(_jobobject.PLATFORM, set())
+
+# spawn's required arguments, all by name: a direct child of /bin/true, nothing redirected.
+SPAWN_REQUIRED = dict(
+    argv=[b"true"], executables=[b"/bin/true"], env=None, cwd=None, close_fds=True,
+    fds_to_keep=(), p2cread=-1, p2cwrite=-1, c2pread=-1, c2pwrite=-1, errread=-1, errwrite=-1,
+    errpipe_read=-1, errpipe_write=-1, restore_signals=True, start_new_session=False,
+    process_group=-1, gid=None, extra_groups=None, uid=None, umask=-1, pidns_fd=-1,
+    userns_fd=-1, pdeathsig=False, chdir_marker=False)
+
+
+def _functions():
+    return sorted(name for name in dir(_jobobject)
+                  if not name.startswith("_") and callable(getattr(_jobobject, name)))
+
+
+def _kinds(name):
+    import inspect
+    return {p.kind for p in inspect.signature(getattr(_jobobject, name)).parameters.values()}
+
+
+def test_keywords_are_taken_exactly_where_the_text_signature_says():
+    """The functions with keyword parameters are the ones meant to have them, and a function
+    whose signature says positional-only refuses a keyword in C too."""
+    import inspect
+    with_keywords = {name for name in _functions()
+                     if inspect.Parameter.POSITIONAL_OR_KEYWORD in _kinds(name)}
+    assert with_keywords == KEYWORD_FUNCTIONS
+    for name in _functions():
+        function = getattr(_jobobject, name)
+        parameters = list(inspect.signature(function).parameters)
+        if name in KEYWORD_FUNCTIONS or not parameters:
+            continue
+        assert _kinds(name) == {inspect.Parameter.POSITIONAL_ONLY}, name
+        # refused before the function runs: no handle is closed, no process resumed
+        with pytest.raises(TypeError, match="keyword"):
+            function(**{parameters[0]: 0})
+
+
+@pytest.fixture
+def windows_job():
+    """A fresh, empty job and a completion port (never handle 0: SetInformationJobObject
+    would take NULL for the job the test process is in)."""
+    if _jobobject.PLATFORM != "windows":
+        pytest.skip("Windows' functions")
+    job = _jobobject.CreateJobObject(None)
+    port = _jobobject.CreateIoCompletionPort()
+    yield job, port
+    _jobobject.CloseHandle(port)
+    _jobobject.CloseHandle(job)
+
+
+@pytest.mark.skipif(_jobobject.PLATFORM != "linux", reason="Linux's functions")
+def test_linux_functions_take_every_parameter_by_name():
+    # data_limit, the last one, is checked right after parsing: nothing is cloned.
+    with pytest.raises(ValueError, match="data_limit"):
+        _jobobject.spawn(**SPAWN_REQUIRED, cgroup_fd=-1, data_limit=-2)
+    # helper_path, the last one, refused by its converter: nothing is cloned.
+    with pytest.raises(ValueError, match="null"):
+        _jobobject.start_init(clone_flags=_jobobject.CLONE_NEWPID, map_ids=False,
+                              on_owner_exit=_jobobject.PGJOB_INIT_KILL,
+                              on_eof=_jobobject.PGJOB_INIT_KILL, arm_pdeathsig=False,
+                              helper_path="no\0such")
+
+
+def test_windows_functions_take_every_parameter_by_name(windows_job):
+    import _winapi
+    c = _jobobject
+    job, port = windows_job
+    # Distinct values, read back: a kwlist out of the format's order would swap them.
+    c.SetJobExtendedLimits(active_processes=5, job_memory=128 << 20, process_memory=64 << 20,
+                           limit_flags=c.JOB_OBJECT_LIMIT_PROCESS_MEMORY
+                           | c.JOB_OBJECT_LIMIT_JOB_MEMORY | c.JOB_OBJECT_LIMIT_ACTIVE_PROCESS,
+                           job=job)
+    if c.WineVersion() is None:  # Wine's QueryInformationJobObject returns no limits at all
+        assert c.QueryJobExtendedLimits(job)[:4] == (
+            c.JOB_OBJECT_LIMIT_PROCESS_MEMORY | c.JOB_OBJECT_LIMIT_JOB_MEMORY
+            | c.JOB_OBJECT_LIMIT_ACTIVE_PROCESS, 64 << 20, 128 << 20, 5)
+    try:
+        c.SetJobCpuRate(job=job, cpu_rate=5000, control_flags=c.JOB_OBJECT_CPU_RATE_CONTROL_ENABLE
+                        | c.JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP)
+    except OSError as exc:  # Wine 8 lacks the information class (see test_job_api.py)
+        assert c.WineVersion() is not None and exc.winerror == c.ERROR_INVALID_PARAMETER
+    c.AssociateJobCompletionPort(job=job, port=port, key=job)
+    assert c.GetQueuedCompletionStatus(port=port, timeout_ms=0) is None  # an empty job: no message
+    assert c.IsProcessInJob(process_handle=_winapi.GetCurrentProcess(), job=job) is False
+    assert c.QueryJobAccounting(job=job, include_io=False)[0] == 0  # total processes
+    c.TerminateJobObject(job=job, exit_code=1)  # an empty job: nothing to kill
+    assert c.CompareStringOrdinal(a="Path", b="PATH", ignore_case=True) == c.CSTR_EQUAL
+    assert c.CompareStringOrdinal(a="Path", b="PATH", ignore_case=False) != c.CSTR_EQUAL
+    with pytest.raises(OSError) as info:
+        # a process handle of 0 names none: refused by the kernel, not the parser
+        c.AssignProcessToJobObject(job=job, process_handle=0)
+    assert not isinstance(info.value, TypeError)
+    with pytest.raises(FileNotFoundError) as info:
+        c.CreateProcessInJob(application_name=None, command_line="C:\\no\\such\\program.exe",
+                             inherit_handles=False, creation_flags=0, environment_block=None,
+                             current_directory=None, startup_flags=0, show_window=0, std_input=0,
+                             std_output=0, std_error=0, handle_list=None, job=job,
+                             use_job_list=False)
+    assert info.value.syscall == "CreateProcessW"
+
+
+@pytest.mark.skipif(_jobobject.PLATFORM != "linux", reason="spawn is Linux's")
+def test_spawn_names_an_unknown_keyword():
+    # a misspelt optional argument: every required one is there, so the extra one is named
+    with pytest.raises(TypeError, match="'data_limt'"):
+        _jobobject.spawn(**SPAWN_REQUIRED, data_limt=1 << 30)
+
+
+@pytest.mark.skipif(_jobobject.PLATFORM != "linux", reason="spawn is Linux's")
+def test_spawn_names_a_missing_required_argument():
+    arguments = dict(SPAWN_REQUIRED)
+    del arguments["userns_fd"]
+    with pytest.raises(TypeError, match="'userns_fd'"):
+        _jobobject.spawn(**arguments)
+    with pytest.raises(TypeError, match="'argv'"):  # by position and by name
+        _jobobject.spawn(SPAWN_REQUIRED["argv"], **SPAWN_REQUIRED)
+
+
+def test_create_process_in_job_names_a_misspelt_argument(windows_job):
+    """Every parameter is required: a misspelt one shows as the one that is missing."""
+    job, _ = windows_job
+    with pytest.raises(TypeError, match="'use_job_list'"):
+        _jobobject.CreateProcessInJob(
+            application_name=None, command_line="C:\\no\\such\\program.exe",
+            inherit_handles=False, creation_flags=0, environment_block=None,
+            current_directory=None, startup_flags=0, show_window=0, std_input=0, std_output=0,
+            std_error=0, handle_list=None, job=job, use_joblist=False)

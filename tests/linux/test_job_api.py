@@ -29,8 +29,8 @@ def no_namespaces(monkeypatch):
     with EPERM). What pgjob makes of it is what its C layer marked."""
     real = _jobobject.start_init
 
-    def refuse(flags, *args, **kwargs):
-        return real(flags | CLONE_THREAD, *args, **kwargs)
+    def refuse(**kwargs):  # pgjob passes every argument by name
+        return real(**dict(kwargs, clone_flags=kwargs["clone_flags"] | CLONE_THREAD))
 
     monkeypatch.setattr(_jobobject, "start_init", refuse)
     monkeypatch.setattr(_linux_helpers, "_NAMESPACE_FLAGS", {})

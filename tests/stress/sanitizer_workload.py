@@ -37,7 +37,9 @@ def main():
     spawn_into_cgroups()
     # The raw C calls with wrong arguments: only Python exceptions.
     for call in (lambda: c.spawn(), lambda: c.start_init(),
-                 lambda: c.spawn(*([None] * 25)), lambda: c.spawn(*([None] * 27))):
+                 lambda: c.spawn(*([None] * 25)), lambda: c.spawn(*([None] * 27)),
+                 lambda: c.spawn(*([None] * 25), no_such_keyword=1),
+                 lambda: c.start_init(clone_flags=0, helper_path=b"x")):
         try:
             call()
         except (TypeError, ValueError, OSError):

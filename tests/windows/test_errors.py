@@ -46,8 +46,9 @@ def refuse_assignments(monkeypatch):
     real = _jobobject.AssignProcessToJobObject
     me = _winapi.GetCurrentProcess()
 
-    def assign(job, process):
-        weak = _winapi.DuplicateHandle(me, process, me, 0x00100000, False, 0)  # SYNCHRONIZE
+    def assign(job, process_handle):
+        weak = _winapi.DuplicateHandle(me, process_handle, me, 0x00100000, False,  # SYNCHRONIZE
+                                       0)
         try:
             return real(job, weak)
         finally:

@@ -1,6 +1,7 @@
 """What CreateProcessW really received for job.popen: which handles the child inherited, which
 spawn path joined it to the job (and whether it was a member before it ran), the audit event,
 the environment block, and the fallbacks when Windows refuses the job list."""
+import inspect
 import os
 import subprocess
 import sys
@@ -114,14 +115,16 @@ def refuse_job_list(monkeypatch, winerror):
     real = _jobobject.CreateProcessInJob
     calls = []
 
-    def create(*args):
-        calls.append(args[-1])
-        if args[-1]:
+    def create(*args, **kwargs):
+        # by position or by name, as the real function takes it
+        use_job_list = inspect.signature(real).bind(*args, **kwargs).arguments["use_job_list"]
+        calls.append(use_job_list)
+        if use_job_list:
             exc = OSError(0, "CreateProcessW failed: simulated", None, winerror)
             exc.syscall = "CreateProcessW"
             exc.job_list = True
             raise exc
-        return real(*args)
+        return real(*args, **kwargs)
     monkeypatch.setattr(_jobobject, "CreateProcessInJob", create)
     return calls
 
