@@ -199,7 +199,7 @@ if sys.platform == "win32":
                 pass  # exited meanwhile
             finally:
                 _winapi.CloseHandle(h)
-else:
+elif sys.platform.startswith("linux"):
     import signal
 
     def _running(pid: int) -> bool:
@@ -231,3 +231,24 @@ else:
             pass
         finally:
             os.close(fd)
+else:
+    import signal
+
+    # Elsewhere (macOS): no /proc, no pidfd; pgjob protects nothing there (mechanism "none").
+    def _running(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _describe(pid: int) -> str:
+        return f"pid {pid}"
+
+    def _kill(pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
