@@ -344,19 +344,56 @@ win_GetProcessHandleCount(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLong(count);
 }
 
+typedef LONG(NTAPI *query_fn)(HANDLE, ULONG, PVOID, ULONG, PULONG);
+typedef ULONG(NTAPI *to_dos_fn)(LONG);
+struct counted_string { USHORT length, maximum_length; PWSTR buffer; }; /* UNICODE_STRING */
+
+/* The command line from the process's own memory: its PEB's ProcessParameters->CommandLine
+ * (what psutil reads before Windows 8.1, and what Wine, which lacks the information class,
+ * offers). The same bitness as ours only; the handle needs
+ * PROCESS_QUERY_LIMITED_INFORMATION and PROCESS_VM_READ. */
+static PyObject *
+command_line_from_peb(HANDLE process, query_fn query, to_dos_fn to_dos)
+{
+    struct { PVOID reserved1; PVOID peb; ULONG_PTR reserved2[2]; ULONG_PTR pid, parent; } basic;
+    const SIZE_T parameters_at = 4 * sizeof(PVOID);                 /* PEB.ProcessParameters */
+    const SIZE_T command_line_at = 16 + 12 * sizeof(PVOID);  /* ->CommandLine: 0x70, x86 0x40 */
+    struct counted_string text;
+    PVOID parameters;
+    wchar_t *buffer;
+    PyObject *result;
+    LONG status = query(process, 0 /* ProcessBasicInformation */, &basic, sizeof(basic), NULL);
+
+    if (status < 0)
+        return pgjob_oserror("NtQueryInformationProcess(ProcessBasicInformation)", to_dos(status));
+    if (!ReadProcessMemory(process, (char *)basic.peb + parameters_at, &parameters,
+                           sizeof(parameters), NULL)
+            || !ReadProcessMemory(process, (char *)parameters + command_line_at, &text,
+                                  sizeof(text), NULL))
+        return pgjob_last_error("ReadProcessMemory(PEB)");
+    if ((buffer = PyMem_Malloc(text.length + sizeof(wchar_t))) == NULL)
+        return PyErr_NoMemory();
+    if (!ReadProcessMemory(process, text.buffer, buffer, text.length, NULL)) {
+        PyMem_Free(buffer);
+        return pgjob_last_error("ReadProcessMemory(CommandLine)");
+    }
+    result = PyUnicode_FromWideChar(buffer, text.length / sizeof(wchar_t));
+    PyMem_Free(buffer);
+    return result;
+}
+
 /* GetProcessCommandLine(process_handle) -> str: the command line the process was started
- * with, from NtQueryInformationProcess(ProcessCommandLineInformation), Windows 8.1 and later
- * (and Wine). The handle needs PROCESS_QUERY_LIMITED_INFORMATION. */
+ * with: NtQueryInformationProcess(ProcessCommandLineInformation) on Windows 8.1 and later,
+ * else (Wine) read from the process's PEB. The handle needs
+ * PROCESS_QUERY_LIMITED_INFORMATION, and PROCESS_VM_READ for the PEB. */
 PyObject *
 win_GetProcessCommandLine(PyObject *self, PyObject *args)
 {
-    typedef LONG(NTAPI * query_fn)(HANDLE, ULONG, PVOID, ULONG, PULONG);
-    typedef ULONG(NTAPI * to_dos_fn)(LONG);
-    struct counted_string { USHORT length, maximum_length; PWSTR buffer; } *text;
     const ULONG process_command_line_information = 60;
     const char *query_name = "NtQueryInformationProcess(ProcessCommandLineInformation)";
     unsigned long long process;
     HMODULE ntdll = GetModuleHandleW(L"ntdll.dll");
+    struct counted_string *text;
     query_fn query;
     to_dos_fn to_dos;
     ULONG size = 0;
@@ -377,6 +414,8 @@ win_GetProcessCommandLine(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     status = query(PGJOB_H(process), process_command_line_information, NULL, 0, &size);
     Py_END_ALLOW_THREADS
+    if (status == (LONG)0xC0000003L) /* STATUS_INVALID_INFO_CLASS: before 8.1, and Wine */
+        return command_line_from_peb(PGJOB_H(process), query, to_dos);
     if (size < sizeof(*text))
         return pgjob_oserror(query_name, to_dos(status));
     if ((text = PyMem_Malloc(size)) == NULL)

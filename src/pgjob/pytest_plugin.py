@@ -127,9 +127,10 @@ def pytest_runtest_setup(item: Item) -> None:
         item.stash[_BEFORE_KEY] = watch.processes()
 
 
-@pytest.hookimpl(hookwrapper=True, trylast=True)
-def pytest_runtest_teardown(item: Item) -> Iterator[None]:
-    yield  # the test's fixtures are torn down first: what they clean up is no leak
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: Item) -> None:
+    # Last: pytest's own implementation has torn the test's fixtures down; what they clean up
+    # is no leak.
     watch = item.config.stash.get(_WATCH_KEY, None)
     before = item.stash.get(_BEFORE_KEY, None)
     if watch is None or before is None:
