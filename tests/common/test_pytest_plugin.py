@@ -11,8 +11,11 @@ import pytest
 
 from proc_helpers import pgjob_plugin_args, wait_until
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                   "src")
+import pgjob
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The pgjob under test, wherever it was imported from (the source tree, or an installed wheel).
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(pgjob.__file__)))
 SLEEP = [sys.executable, "-c", "import time, sys; time.sleep(120)"]
 
 USER_TESTS = f"""
@@ -165,3 +168,23 @@ def test_a_leaked_orphan_is_found_through_the_session_job(user_suite):
     orphan = pids["orphan"]
     assert f"pid {orphan}: " in out and "leaked-orphan" in out, out
     assert wait_until(lambda: not _running(orphan), 10), "the leaked orphan still runs"
+
+
+def test_the_suite_in_docs_testing_md_runs_as_documented(tmp_path):
+    """docs/testing.md's conftest.py, test module and pytest.ini, each a block whose first
+    line names its file, written out and run: both tests pass with the leak checks on."""
+    import re
+    docs = os.path.join(ROOT, "docs", "testing.md")
+    with open(docs, encoding="utf-8") as f:
+        blocks = re.findall(r"^```\w*\n# (\S+)\n(.*?)^```", f.read(), re.S | re.M)
+    assert sorted(name for name, _ in blocks) == ["conftest.py", "pytest.ini", "test_example.py"]
+    for name, body in blocks:
+        (tmp_path / name).write_text(body)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env.pop("PYTEST_ADDOPTS", None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                           *pgjob_plugin_args()], cwd=tmp_path, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert done.returncode == 0, done.stdout
+    assert "pgjob: leak checks on" in done.stdout and "2 passed" in done.stdout, done.stdout
