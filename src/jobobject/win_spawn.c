@@ -207,11 +207,13 @@ win_CreateProcessInJob(PyObject *self, PyObject *args)
         return NULL;
     }
     job_handle = PGJOB_H(job);
-    if (optional_wide(app_obj, "application_name", 0, &app) < 0 ||
+    /* _winapi.CreateProcess's order: the handle list, then the command line (a NUL in it is
+     * ValueError); Python has had _winapi check everything it checks before those. */
+    if (read_handle_list(handle_list_obj, &handles, &n_handles) < 0 ||
+        optional_wide(app_obj, "application_name", 0, &app) < 0 ||
         optional_wide(cmd_obj, "command_line", 0, &cmd) < 0 ||
         optional_wide(env_obj, "environment_block", 1, &env) < 0 ||
-        optional_wide(cwd_obj, "current_directory", 0, &cwd) < 0 ||
-        read_handle_list(handle_list_obj, &handles, &n_handles) < 0)
+        optional_wide(cwd_obj, "current_directory", 0, &cwd) < 0)
         goto done;
     attrs = make_attribute_list(handles, n_handles, use_job_list ? &job_handle : NULL, &n_attrs,
                                 &err);

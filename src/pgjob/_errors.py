@@ -125,7 +125,7 @@ def _class_for(exc: OSError, operation: str) -> type[JobError] | None:
         if winerror == c.ERROR_INVALID_HANDLE and operation not in ("spawn", "open_process"):
             return JobClosedError
         if operation == "spawn" and getattr(exc, "syscall", None) is None:
-            # Not from pgjob's C layer (argument/environment checks that mirror _winapi's):
+            # Not from pgjob's C layer (_winapi.CreateProcess's own argument checks):
             # Popen's own error, passed on exactly as subprocess.Popen raises it.
             return None
         if operation == "spawn" and getattr(exc, "syscall", "") == "CreateProcessW":
