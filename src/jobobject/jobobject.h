@@ -66,7 +66,6 @@ PyObject *win_GetQueuedCompletionStatus(PyObject *self, PyObject *args);
 PyObject *win_CreateProcessInJob(PyObject *self, PyObject *args);
 PyObject *win_JobListSupported(PyObject *self, PyObject *args);
 PyObject *win_ResumeThread(PyObject *self, PyObject *args);
-PyObject *win_CompareStringOrdinal(PyObject *self, PyObject *args);
 #endif /* MS_WINDOWS */
 
 #ifdef __linux__

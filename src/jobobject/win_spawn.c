@@ -327,33 +327,6 @@ win_JobListSupported(PyObject *self, PyObject *unused)
 }
 
 PyObject *
-win_CompareStringOrdinal(PyObject *self, PyObject *args)
-{
-    PyObject *a_obj, *b_obj;
-    wchar_t *a, *b;
-    int ignore_case, result;
-
-    (void)self;
-    if (!PyArg_ParseTuple(args, "UUp:CompareStringOrdinal", &a_obj, &b_obj, &ignore_case))
-        return NULL;
-    /* As _winapi's environment de-duplication converts them: NUL inside is ValueError. */
-    a = PyUnicode_AsWideCharString(a_obj, NULL);
-    if (a == NULL)
-        return NULL;
-    b = PyUnicode_AsWideCharString(b_obj, NULL);
-    if (b == NULL) {
-        PyMem_Free(a);
-        return NULL;
-    }
-    result = CompareStringOrdinal(a, -1, b, -1, ignore_case ? TRUE : FALSE);
-    PyMem_Free(a);
-    PyMem_Free(b);
-    if (result == 0)
-        return pgjob_last_error("CompareStringOrdinal");
-    return PyLong_FromLong(result);
-}
-
-PyObject *
 win_ResumeThread(PyObject *self, PyObject *args)
 {
     unsigned long long thread;
