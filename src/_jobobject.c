@@ -73,10 +73,6 @@ static PyMethodDef jobobject_methods[] = {
      "JobListSupported($module, /)\n--\n\n"
      "-> bool: does UpdateProcThreadAttribute accept PROC_THREAD_ATTRIBUTE_JOB_LIST?\n\n"
      "False only for the system's ERROR_NOT_SUPPORTED; any other failure is raised."},
-    {"CompareStringOrdinal", PGJOB_KEYWORDS_FN(win_CompareStringOrdinal),
-     METH_VARARGS | METH_KEYWORDS,
-     "CompareStringOrdinal($module, a, b, ignore_case)\n--\n\n"
-     "-> CSTR_LESS_THAN | CSTR_EQUAL | CSTR_GREATER_THAN"},
 #endif
 #ifdef __linux__
     /* linux_spawn.c */
@@ -153,10 +149,6 @@ jobobject_exec(PyObject *module)
     ADD_INT(JOB_OBJECT_MSG_PROCESS_MEMORY_LIMIT);
     ADD_INT(JOB_OBJECT_MSG_JOB_MEMORY_LIMIT);
     ADD_INT(JOB_OBJECT_MSG_NOTIFICATION_LIMIT);
-    /* CompareStringOrdinal results */
-    ADD_INT(CSTR_LESS_THAN);
-    ADD_INT(CSTR_EQUAL);
-    ADD_INT(CSTR_GREATER_THAN);
     /* Creation flags the Python layer reasons about */
     ADD_INT(CREATE_SUSPENDED);
     ADD_INT(CREATE_BREAKAWAY_FROM_JOB);

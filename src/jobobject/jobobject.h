@@ -89,7 +89,6 @@ PyObject *win_GetQueuedCompletionStatus(PyObject *self, PyObject *args, PyObject
 PyObject *win_CreateProcessInJob(PyObject *self, PyObject *args, PyObject *kwargs);
 PyObject *win_JobListSupported(PyObject *self, PyObject *args);
 PyObject *win_ResumeThread(PyObject *self, PyObject *args);
-PyObject *win_CompareStringOrdinal(PyObject *self, PyObject *args, PyObject *kwargs);
 #endif /* MS_WINDOWS */
 
 #ifdef __linux__

@@ -222,11 +222,13 @@ win_CreateProcessInJob(PyObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     job_handle = PGJOB_H(job);
-    if (optional_wide(app_obj, "application_name", 0, &app) < 0 ||
+    /* _winapi.CreateProcess's order: the handle list, then the command line (a NUL in it is
+     * ValueError); Python has had _winapi check everything it checks before those. */
+    if (read_handle_list(handle_list_obj, &handles, &n_handles) < 0 ||
+        optional_wide(app_obj, "application_name", 0, &app) < 0 ||
         optional_wide(cmd_obj, "command_line", 0, &cmd) < 0 ||
         optional_wide(env_obj, "environment_block", 1, &env) < 0 ||
-        optional_wide(cwd_obj, "current_directory", 0, &cwd) < 0 ||
-        read_handle_list(handle_list_obj, &handles, &n_handles) < 0)
+        optional_wide(cwd_obj, "current_directory", 0, &cwd) < 0)
         goto done;
     attrs = make_attribute_list(handles, n_handles, use_job_list ? &job_handle : NULL, &n_attrs,
                                 &err);
@@ -343,35 +345,6 @@ win_JobListSupported(PyObject *self, PyObject *unused)
     }
     free_attribute_list(attrs);
     Py_RETURN_TRUE;
-}
-
-PyObject *
-win_CompareStringOrdinal(PyObject *self, PyObject *args, PyObject *kwargs)
-{
-    static char *kwlist[] = {"a", "b", "ignore_case", NULL};
-    PyObject *a_obj, *b_obj;
-    wchar_t *a, *b;
-    int ignore_case, result;
-
-    (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UUp:CompareStringOrdinal", kwlist, &a_obj,
-                                     &b_obj, &ignore_case))
-        return NULL;
-    /* As _winapi's environment de-duplication converts them: NUL inside is ValueError. */
-    a = PyUnicode_AsWideCharString(a_obj, NULL);
-    if (a == NULL)
-        return NULL;
-    b = PyUnicode_AsWideCharString(b_obj, NULL);
-    if (b == NULL) {
-        PyMem_Free(a);
-        return NULL;
-    }
-    result = CompareStringOrdinal(a, -1, b, -1, ignore_case ? TRUE : FALSE);
-    PyMem_Free(a);
-    PyMem_Free(b);
-    if (result == 0)
-        return pgjob_last_error("CompareStringOrdinal");
-    return PyLong_FromLong(result);
 }
 
 PyObject *

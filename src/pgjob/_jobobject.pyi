@@ -53,7 +53,6 @@ if sys.platform == "win32":
     ) -> tuple[int, int, int, int, str]: ...
     def ResumeThread(thread_handle: int, /) -> int: ...
     def JobListSupported() -> bool: ...  # False only for ERROR_NOT_SUPPORTED; else raises
-    def CompareStringOrdinal(a: str, b: str, ignore_case: bool) -> int: ...
 
     JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE: int
     JOB_OBJECT_LIMIT_BREAKAWAY_OK: int
@@ -74,9 +73,6 @@ if sys.platform == "win32":
     JOB_OBJECT_MSG_PROCESS_MEMORY_LIMIT: int
     JOB_OBJECT_MSG_JOB_MEMORY_LIMIT: int
     JOB_OBJECT_MSG_NOTIFICATION_LIMIT: int
-    CSTR_LESS_THAN: int
-    CSTR_EQUAL: int
-    CSTR_GREATER_THAN: int
     CREATE_SUSPENDED: int
     CREATE_BREAKAWAY_FROM_JOB: int
     CREATE_NEW_PROCESS_GROUP: int

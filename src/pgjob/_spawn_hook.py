@@ -4,8 +4,8 @@ module's globals in which the single call that creates the child is pgjob's (POS
 `_winapi.CreateProcess`). Everything else `_execute_child` does stays CPython's: argument
 conversion, pipes, the errpipe protocol, its audit event, its errors. Nothing global is
 patched. The backends supply the replacement (`_linux.py`: a fork_exec that calls
-`_jobobject.spawn`; `_windows.py`: a `_winapi` whose CreateProcess calls
-`_jobobject.CreateProcessInJob` and raises `_winapi`'s audit event).
+`_jobobject.spawn`; `_windows.py`: a `_winapi` whose CreateProcess has the real one check
+the arguments and raise its audit event, then calls `_jobobject.CreateProcessInJob`).
 
 The private names this relies on are CPython's and change between versions (3.11 renamed the
 fork_exec global and added an argument, 3.14 dropped one). What each version looks like is
@@ -51,7 +51,8 @@ _FORK_EXEC_SHAPES: tuple[tuple[tuple[int, int], str, tuple[str, ...]], ...] = (
     ((3, 14), "_fork_exec",
      _FORK_EXEC_HEAD + ("process_group", "gid", "groups", "uid", "umask", "preexec_fn")),
 )
-NEWEST_CHECKED = (3, 15)  # the last version whose subprocess.py the table was checked against
+# The last version whose subprocess.py (and _winapi.c) the tables here were checked against.
+NEWEST_CHECKED = (3, 15)
 
 
 def fork_exec_shape(version: tuple[object, ...]) -> tuple[str, tuple[str, ...]]:
@@ -114,6 +115,23 @@ def fork_exec_replacements(fork_exec: Callable[..., int]) -> dict[str, Any]:
 
 # -- Windows: _execute_child makes one call, _winapi.CreateProcess, with 9 arguments --------------
 
+# What _winapi.CreateProcess does, in this order: traced under Wine on 3.9.13, 3.11.9, 3.12.10,
+# 3.13.11 and 3.14.2 (tests/windows/test_spawn_kernel.py), read in Modules/_winapi.c of 3.9 and
+# of main (3.15). _windows.check_with_winapi lets it run up to the handle list, which comes
+# after every check but two and before anything is created; the C layer checks those two as
+# _winapi does, in its order.
+WINAPI_CREATE_PROCESS_ORDER = (
+    "the converters of application_name, inherit_handles, creation_flags, current_directory",
+    "the audit event (its command_line slot formats the object as a wide string: garbage)",
+    "startupinfo.dwFlags, wShowWindow, hStdInput, hStdOutput, hStdError; then their errors",
+    "env: keys() and values(); from 3.11.8 and 3.12.2 on (gh-87868) keys(), sorted and "
+    "merged, then [name] for each name kept; then the checks of every pair",
+    "startupinfo.lpAttributeList['handle_list'], iterated",  # where pgjob stops it
+    "the handles' conversion, then command_line's",
+    "CreateProcessW",
+)
+
+
 def create_process_interface_problem(execute_child: object) -> Optional[str]:
     """What differs from the one _winapi.CreateProcess call with 9 positional arguments that
     pgjob replaces on Windows (None: nothing). Read from the code object, so nothing runs."""
@@ -174,10 +192,11 @@ def _check_at_import() -> Optional[str]:
     if problem is not None:
         logger.warning("%s", _unavailable(problem))
         warnings.warn(f"pgjob: {_unavailable(problem)}", RuntimeWarning, stacklevel=3)
-    elif sys.platform != "win32" and sys.version_info[:2] > NEWEST_CHECKED:
-        logger.debug("Python %d.%d is newer than the last one pgjob's fork_exec table was checked "
-                     "against (%d.%d); its interface passed the import check",
-                     sys.version_info[0], sys.version_info[1], *NEWEST_CHECKED)
+    elif sys.version_info[:2] > NEWEST_CHECKED:
+        table = "WINAPI_CREATE_PROCESS_ORDER" if sys.platform == "win32" else "fork_exec table"
+        logger.debug("Python %d.%d is newer than the last one pgjob's %s was checked against "
+                     "(%d.%d); its interface passed the import check",
+                     sys.version_info[0], sys.version_info[1], table, *NEWEST_CHECKED)
     return problem
 
 

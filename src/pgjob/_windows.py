@@ -10,11 +10,13 @@ from __future__ import annotations
 import _winapi
 import errno
 import functools
+import operator
 import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, cast
+import types
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, cast
 
 from . import _jobobject as c
 from . import _errors, _records
@@ -24,8 +26,6 @@ from ._log import logger
 from ._spawn_hook import run_execute_child
 
 if TYPE_CHECKING:
-    import types
-
     from ._job import Popen
     from ._records import JobEvent, JobStats
 
@@ -113,62 +113,145 @@ def limit_flags(options: JobOptions) -> int:
     return flags
 
 
-# gh-87868 (CPython 3.11.8, 3.12.2, 3.13): _winapi sorts the environment and drops names that
-# differ only in case, keeping the last. Earlier versions pass the pairs in mapping order.
-_SORTS_ENVIRONMENT = (sys.version_info >= (3, 12, 2)
-                      or (3, 11, 8) <= sys.version_info < (3, 12))
+# -- the checks are _winapi's own ------------------------------------------------------------------
+#
+# _winapi.CreateProcess checks and converts its arguments, raises its audit event and reads the
+# startupinfo fields and the whole environment before it reads the handle list, and creates
+# nothing until after that (_spawn_hook.WINAPI_CREATE_PROCESS_ORDER). pgjob calls it first with a
+# handle list that stops it there: those checks, their order and messages, and the audit event
+# are _winapi's; the C layer makes the two that follow (the handles, command_line) as it does;
+# the child gets exactly what _winapi read.
+
+class _StopBeforeCreating(Exception):
+    """Raised inside the trial _winapi.CreateProcess where it reads the handle list."""
 
 
-def _environment_sort_key(key: object) -> str:
-    """_winapi's sort key: LCMapStringEx(LOCALE_NAME_INVARIANT, LCMAP_UPPERCASE), Windows'
-    own per-character upper-casing ("ß" stays "ß"; str.upper() would make it "SS")."""
-    if not isinstance(key, str):
-        # _winapi calls LCMapStringEx's C body directly, so the argument check is
-        # PyUnicode_AsWideCharString's, not the wrapper's.
-        raise TypeError("bad argument type for built-in operation")
-    if sys.version_info < (3, 10):
-        # Never reached: called only where _winapi sorts (_SORTS_ENVIRONMENT, 3.11.8+), and
-        # this tells a type checker for 3.9 (whose _winapi lacks these names) so.
-        raise NotImplementedError("_winapi.LCMapStringEx is new in Python 3.11.8")
-    return _winapi.LCMapStringEx(_winapi.LOCALE_NAME_INVARIANT, _winapi.LCMAP_UPPERCASE, key)
+def _is_mapping(obj: Any) -> bool:
+    """PyMapping_Check(obj), which _winapi asks of `env` and of lpAttributeList: mappingproxy()
+    accepts exactly what it accepts except lists and tuples, and runs no code of obj's."""
+    if isinstance(obj, (list, tuple)):
+        return True
+    try:
+        types.MappingProxyType(obj)
+    except TypeError:
+        return False
+    return True
 
 
-def environment_block(env: Optional[Mapping[str, str]]) -> Optional[str]:
-    """The UTF-16 environment block CreateProcessW wants, built step by step as _winapi's
-    getenvironment() builds it, so that job.popen fails exactly where subprocess.Popen does,
-    with the same exception, and passes the same variables.
+class _HandleListAsRead:
+    """startupinfo.lpAttributeList["handle_list"] as _winapi reads it, then the stop. Its
+    PySequence_Fast rewords a TypeError from iter(), not from the iteration: the list is
+    read in the iterator, so a failure there reaches the caller as it is."""
 
-    Where _winapi sorts (see _SORTS_ENVIRONMENT): sort the names by Windows' invariant
-    upper case (stable, so equal names keep their order); drop a name when the next one
-    is equal to it by CompareStringOrdinal(ignore case), keeping the last; then check the
-    pairs in sorted order."""
-    if env is None:
-        return None
-    keys = list(env.keys())
-    if _SORTS_ENVIRONMENT:
-        keys.sort(key=_environment_sort_key)
-        kept = []
-        for key, following in zip(keys, keys[1:]):
-            if c.CompareStringOrdinal(key, following, ignore_case=True) != c.CSTR_EQUAL:
-                kept.append(key)
-        keys = kept + keys[-1:]
-    entries = []
-    for key in keys:
-        value = env[key]
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError("environment can only contain strings")
-        if "\0" in key or "\0" in value:
-            raise ValueError("embedded null character")
-        if not key or "=" in key[1:]:  # '=' only as the first character, as in "=C:"
-            raise ValueError("illegal environment variable name")
-        entries.append(f"{key}={value}")
-    return "\0".join(entries) + "\0\0" if entries else "\0\0"
+    def __init__(self, handles: Any) -> None:
+        self._handles = handles
+        self.read: Optional[list[Any]] = None  # the items, once _winapi has read them
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._handles is None:
+            raise _StopBeforeCreating
+        return self._read(iter(self._handles))
+
+    def _read(self, items: Iterator[Any]) -> Iterator[Any]:
+        self.read = list(items)
+        raise _StopBeforeCreating
+        yield  # a generator: _winapi iterates it
 
 
-def _bad_argument(position: int, expected: str, value: object) -> TypeError:
-    """The TypeError _winapi.CreateProcess's argument converters raise."""
-    got = "None" if value is None else type(value).__name__
-    return TypeError(f"CreateProcess() argument {position} must be {expected}, not {got}")
+class _StartupInfoAsRead:
+    """The startupinfo fields _winapi reads, copied as plain attributes, so that its lookups
+    go as on the plain STARTUPINFO Popen passes (it reads all five before it looks for a
+    conversion error, and a later lookup decides whether an earlier error survives), with an
+    attribute list that stops it at its handle list."""
+
+    _FIELDS = ("dwFlags", "wShowWindow", "hStdInput", "hStdOutput", "hStdError")
+
+    def __init__(self, startupinfo: object) -> None:
+        for name in self._FIELDS:
+            try:
+                setattr(self, name, getattr(startupinfo, name))
+            except Exception:
+                pass  # _winapi takes a field it can't read for 0 (and clears the error)
+        self.handle_list = _HandleListAsRead(None)
+        try:
+            attributes = getattr(startupinfo, "lpAttributeList")
+        except Exception:
+            attributes = None  # as a field: not read is none
+        if attributes is not None and not _is_mapping(attributes):
+            self.lpAttributeList: object = attributes  # _winapi refuses it, creating nothing
+            return
+        if attributes is not None:
+            try:
+                handles = attributes["handle_list"]
+            except Exception:
+                handles = None  # _winapi ignores a handle list it can't get
+            self.handle_list = _HandleListAsRead(handles)
+        self.lpAttributeList = {"handle_list": self.handle_list}
+
+    def value(self, name: str) -> int:
+        """A field as _winapi converted it: missing or None is 0."""
+        read = getattr(self, name, None)
+        return 0 if read is None else cast(int, read)
+
+
+class _EnvironmentAsRead:
+    """`env` as _winapi reads it: keys() then values() before gh-87868; from 3.11.8/3.12.2 on
+    keys(), sorted and merged by _winapi, then [name] for each name it keeps, into a dict.
+    The block pgjob passes is built from exactly those objects, which _winapi has checked."""
+
+    def __init__(self, env: object) -> None:
+        self._env: Any = env
+        self._keys: list[Any] = []
+        self._values: Optional[list[Any]] = None
+        self._kept: dict[Any, Any] = {}
+
+    def keys(self) -> list[Any]:
+        self._keys = list(self._env.keys())
+        return list(self._keys)  # a copy: _winapi sorts the one it gets
+
+    def values(self) -> list[Any]:
+        self._values = list(self._env.values())
+        return self._values
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self._kept[key] = self._env[key]
+        return value
+
+    def block(self) -> str:
+        """The UTF-16 environment block _winapi built from what it read."""
+        pairs = (zip(self._keys, self._values) if self._values is not None
+                 else self._kept.items())
+        # str.join, which copies a str subclass's characters as _winapi does, calling nothing
+        return "\0".join(map("=".join, pairs)) + "\0\0"  # empty: the "\0\0" CreateProcessW wants
+
+
+def check_with_winapi(application_name: Any, command_line: Any, process_attributes: Any,
+                      thread_attributes: Any, inherit_handles: Any, creation_flags: Any, env: Any,
+                      cwd: Any, startupinfo: Any,
+                      ) -> tuple[_StartupInfoAsRead, Optional[_EnvironmentAsRead]]:
+    """Have _winapi.CreateProcess check these arguments, raise its audit event and read the
+    startupinfo fields and the environment, and stop before it creates anything; return what
+    it read. Raises what _winapi raises."""
+    fields = _StartupInfoAsRead(startupinfo)
+    environment = _EnvironmentAsRead(env) if env is not None and _is_mapping(env) else None
+    mapping: Any = env if environment is None else environment  # (typeshed wants a dict)
+    # Only if a _winapi ever read the handle list after creating the child would it be
+    # created here: suspended (it never runs), then killed below.
+    trial_flags = (creation_flags | c.CREATE_SUSPENDED if type(creation_flags) is int
+                   else creation_flags)
+    try:
+        created = _winapi.CreateProcess(
+            application_name, command_line, process_attributes, thread_attributes,
+            inherit_handles, trial_flags, mapping, cwd, fields)
+    except _StopBeforeCreating:
+        return fields, environment
+    process, thread = created[0], created[1]
+    _winapi.TerminateProcess(process, 1)
+    _winapi.CloseHandle(thread)
+    _winapi.CloseHandle(process)
+    raise UnsupportedError(errno.EOPNOTSUPP, f"_winapi.CreateProcess of Python "
+                           f"{sys.version.split()[0]} created a process before reading its handle "
+                           "list; pgjob can't check the arguments with it (killed it)")
 
 
 class _WinapiWithJob:
@@ -182,38 +265,27 @@ class _WinapiWithJob:
     def __getattr__(self, name: str) -> Any:  # whatever _winapi has under that name
         return getattr(_winapi, name)
 
-    def CreateProcess(self, application_name: object, command_line: str,
+    def CreateProcess(self, application_name: Optional[str], command_line: str,
                       process_attributes: object, thread_attributes: object,
-                      inherit_handles: int, creation_flags: object,
+                      inherit_handles: int, creation_flags: int,
                       env: Optional[Mapping[str, str]], cwd: Optional[str],
                       startupinfo: "STARTUPINFO") -> tuple[int, int, int, int]:
-        # _winapi's argument converters run before it looks at the environment: check the
-        # caller's own values first too, with _winapi's messages, so that a call with two bad
-        # arguments fails here exactly as in subprocess.Popen. (An out-of-range int is masked
-        # to 32 bits there, as pgjob's C layer does too: -1 is every flag, 2**40 none.)
-        if application_name is not None and not isinstance(application_name, str):
-            raise _bad_argument(1, "str or None", application_name)
-        if not isinstance(creation_flags, int):
-            raise _bad_argument(6, "int", creation_flags)
-        # The event _winapi.CreateProcess raises, at the same point (after its argument
-        # converters, before the environment is read), with the arguments it documents.
-        # (CPython 3.11.9 and 3.13.11 format command_line with "u" although it is an object
-        # there, so their hooks see garbage in that slot; pgjob passes the real string.)
-        sys.audit("_winapi.CreateProcess", application_name, command_line, cwd)
-        si = startupinfo
-        attribute_list = getattr(si, "lpAttributeList", None) or {}
-        handle_list = attribute_list.get("handle_list") or None
-        if handle_list is not None:
-            handle_list = [int(h) for h in handle_list]
-        block = environment_block(env)
+        si, environment = check_with_winapi(
+            application_name, command_line, process_attributes, thread_attributes,
+            inherit_handles, creation_flags, env, cwd, startupinfo)
+        # What _winapi checks after its handle list is left to the C layer, which checks it
+        # the same way and in the same order: the handles, then command_line (a str from
+        # Popen; a NUL in it is ValueError). 3.14's _winapi takes any __index__ as flags.
+        creation_flags = operator.index(creation_flags)
+        block = None if environment is None else environment.block()
         job = self._job
         create = functools.partial(
             c.CreateProcessInJob, application_name=application_name, command_line=command_line,
             inherit_handles=bool(inherit_handles), creation_flags=creation_flags,
-            environment_block=block, current_directory=cwd, startup_flags=si.dwFlags,
-            show_window=si.wShowWindow, std_input=int(si.hStdInput or 0),
-            std_output=int(si.hStdOutput or 0), std_error=int(si.hStdError or 0),
-            handle_list=handle_list, job=cast(int, job.handle))
+            environment_block=block, current_directory=cwd, startup_flags=si.value("dwFlags"),
+            show_window=si.value("wShowWindow"), std_input=si.value("hStdInput"),
+            std_output=si.value("hStdOutput"), std_error=si.value("hStdError"),
+            handle_list=si.handle_list.read, job=cast(int, job.handle))
         use_job_list = not job.job_list_refused and _use_job_list()
         try:
             hp, ht, pid, tid, path = create(use_job_list=use_job_list)

@@ -98,8 +98,7 @@ KEYWORD_FUNCTIONS = {
     "linux": {"spawn", "start_init"},
     "windows": {"SetJobExtendedLimits", "SetJobCpuRate", "AssignProcessToJobObject",
                 "IsProcessInJob", "TerminateJobObject", "QueryJobAccounting",
-                "AssociateJobCompletionPort", "GetQueuedCompletionStatus", "CreateProcessInJob",
-                "CompareStringOrdinal"},
+                "AssociateJobCompletionPort", "GetQueuedCompletionStatus", "CreateProcessInJob"},
 }.get(_jobobject.PLATFORM, set())
 
 # spawn's required arguments, all by name: a direct child of /bin/true, nothing redirected.
@@ -188,8 +187,6 @@ def test_windows_functions_take_every_parameter_by_name(windows_job):
     assert c.IsProcessInJob(process_handle=_winapi.GetCurrentProcess(), job=job) is False
     assert c.QueryJobAccounting(job=job, include_io=False)[0] == 0  # total processes
     c.TerminateJobObject(job=job, exit_code=1)  # an empty job: nothing to kill
-    assert c.CompareStringOrdinal(a="Path", b="PATH", ignore_case=True) == c.CSTR_EQUAL
-    assert c.CompareStringOrdinal(a="Path", b="PATH", ignore_case=False) != c.CSTR_EQUAL
     with pytest.raises(OSError) as info:
         # a process handle of 0 names none: refused by the kernel, not the parser
         c.AssignProcessToJobObject(job=job, process_handle=0)

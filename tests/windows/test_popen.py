@@ -1,4 +1,5 @@
 """job.popen is subprocess.Popen: everything Popen does keeps working through the job spawn path."""
+import collections.abc
 import os
 import subprocess
 import sys
@@ -152,3 +153,122 @@ def test_bad_arguments_fail_in_winapis_order(job, kwargs):
     plain = outcome(subprocess.Popen, [PY, "-c", "pass"], **kwargs)
     assert plain[0] is TypeError
     assert outcome(job.popen, [PY, "-c", "pass"], **kwargs) == plain
+
+
+class DuckStartupInfo:
+    """A startupinfo that is not a subprocess.STARTUPINFO (Popen only calls its copy()), so
+    _winapi sees fields and attribute lists a STARTUPINFO would not let through."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    def copy(self):
+        return DuckStartupInfo(**self.__dict__)
+
+
+class Index:
+    def __index__(self):
+        return 0
+
+
+def unpiped_outcome(spawn, argv, **kwargs):
+    """outcome() without pipes, which would make Popen itself touch dwFlags and the handles."""
+    try:
+        p = spawn(argv, **kwargs)
+    except Exception as exc:
+        return (type(exc), str(exc), getattr(exc, "winerror", None))
+    return ("ran", p.wait(60))
+
+
+BAD_ENV = {"": "x"}
+FIELDS = {"dwFlags": 0, "wShowWindow": 0, "hStdInput": None, "hStdOutput": None,
+          "hStdError": None}
+
+
+@pytest.mark.parametrize("argv_tail, kwargs", [
+    # _winapi reads the five fields before the environment and raises a conversion error
+    # after the last one: an error in hStdError stands, one in an earlier field is lost in
+    # the lookups that follow it (so the bad env wins), and so is one before a field it can't
+    # read, which it takes for 0
+    pytest.param([], {"startupinfo": subprocess.STARTUPINFO(hStdError=-1), "env": BAD_ENV},
+                 id="hStdError-and-env"),
+    pytest.param([], {"startupinfo": subprocess.STARTUPINFO(dwFlags="x"), "env": BAD_ENV},
+                 id="dwFlags-and-env"),
+    pytest.param([], {"startupinfo": subprocess.STARTUPINFO(hStdInput=-1)}, id="hStdInput"),
+    pytest.param([], {"startupinfo": subprocess.STARTUPINFO(wShowWindow=2**40)},
+                 id="wShowWindow"),
+    pytest.param([], {"startupinfo": DuckStartupInfo(
+        dwFlags=0, wShowWindow=0, hStdInput=None, hStdOutput=-1, lpAttributeList={})},
+        id="missing-field"),
+    pytest.param([], {"env": collections.deque()}, id="env-deque"),
+    pytest.param([], {"env": ["A=B"]}, id="env-list"),
+    pytest.param([], {"env": collections.deque(), "creationflags": "x"},
+                 id="env-deque-and-flags"),
+    # 3.14 takes an __index__, earlier versions don't
+    pytest.param([], {"creationflags": Index()}, id="flags-index"),
+    pytest.param([], {"startupinfo": subprocess.STARTUPINFO(
+        lpAttributeList=collections.deque(["x"]))}, id="attribute-list-deque"),
+    pytest.param([], {"startupinfo": subprocess.STARTUPINFO(
+        lpAttributeList=collections.deque(["x"])), "env": BAD_ENV},
+        id="attribute-list-deque-and-env"),
+    pytest.param([], {"startupinfo": DuckStartupInfo(**FIELDS,
+                                                     lpAttributeList={"handle_list": 0})},
+                 id="handle-list-int"),
+    pytest.param([], {"startupinfo": DuckStartupInfo(**FIELDS, lpAttributeList={"other": 1})},
+                 id="no-handle-list"),
+    pytest.param(["\0"], {}, id="command-line-nul"),
+    # the handles are converted before command_line is checked
+    pytest.param(["\0"], {"startupinfo": subprocess.STARTUPINFO(
+        lpAttributeList={"handle_list": [2**70]}), "close_fds": True},
+        id="handle-overflow-and-command-line-nul"),
+])
+def test_two_bad_arguments_fail_as_in_subprocess(job, argv_tail, kwargs):
+    """_winapi checks the arguments in its own order, and job.popen has it do so: whichever
+    argument it refuses first is refused, with its exception."""
+    argv = [PY, "-c", "pass", *argv_tail]
+    plain = unpiped_outcome(subprocess.Popen, argv, **kwargs)
+    assert unpiped_outcome(job.popen, argv, **kwargs) == plain
+    assert job.pids() == []
+
+
+class LoggingEnvironment(collections.abc.Mapping):
+    """An env whose every read is logged, to compare how each Popen reads it."""
+
+    def __init__(self, data, log):
+        self._data, self._log = data, log
+
+    def __getitem__(self, key):
+        self._log.append(("getitem", key))
+        return self._data[key]
+
+    def __iter__(self):
+        self._log.append(("iter",))
+        return iter(self._data)
+
+    def __len__(self):
+        self._log.append(("len",))
+        return len(self._data)
+
+    def keys(self):
+        self._log.append(("keys",))
+        return list(self._data)
+
+    def values(self):
+        self._log.append(("values",))
+        return list(self._data.values())
+
+
+def test_environment_is_read_once_as_subprocess_reads_it(job):
+    """The same calls on the mapping, in the same order, once (pgjob builds the block from what
+    _winapi read), and the same variables in the child."""
+    data = {k: os.environ[k] for k in ("SYSTEMROOT", "PATH", "PYTHONPATH") if k in os.environ}
+    data.update({"pgjob_b": "1", "PGJOB_A": "2", "pgjob_a": "3"})
+    argv = [PY, "-c", "import os; print(sorted(k for k in os.environ if 'PGJOB' in k.upper()), "
+            "os.environ['PGJOB_A'])"]
+    logs = []
+    for spawn in (job.popen, subprocess.Popen):
+        log = []
+        p = spawn(argv, env=LoggingEnvironment(data, log), stdout=subprocess.PIPE, text=True)
+        logs.append((log, p.communicate(timeout=60)[0]))
+    assert logs[0] == logs[1]
+    assert logs[0][0].count(("keys",)) == 1

@@ -11,6 +11,7 @@ import msvcrt
 import pytest
 
 import pgjob
+from conftest import wait_gone
 from pgjob import _jobobject, _spawn_hook, _windows
 
 PY = sys.executable
@@ -216,23 +217,129 @@ def test_extended_startupinfo_flag_from_the_caller_gets_a_startupinfoex(job):
 
 AUDIT_SCRIPT = """
 import json, subprocess, sys, pgjob
-seen = []
-sys.addaudithook(lambda event, args: seen.append(args) if event == "_winapi.CreateProcess" else None)
+seen = {{}}
+def hook(event, args):
+    if event == "_winapi.CreateProcess":
+        current.append([a if isinstance(a, (str, type(None))) else repr(a) for a in args])
+sys.addaudithook(hook)
 with pgjob.Job() as job:
-    job.popen([sys.executable, "-c", "pass"], cwd={cwd!r}).wait(60)
-print(json.dumps([[a if isinstance(a, (str, type(None))) else repr(a) for a in args] for args in seen]))
+    for name, spawn in (("job.popen", job.popen), ("subprocess.Popen", subprocess.Popen)):
+        current = seen[name] = []
+        spawn([sys.executable, "-c", "pass"], cwd={cwd!r}).wait(60)
+print(json.dumps(seen))
 """
 
 
-def test_audit_event_is_raised_with_winapis_arguments(tmp_path):
+def test_audit_event_is_winapis_own_raised_once(tmp_path):
+    """_winapi raises the event, once, with its own arguments. Its command_line slot formats
+    the object as a wide string (garbage, on every version up to 3.14): job.popen's is the
+    command line exactly when subprocess.Popen's is."""
     out = subprocess.run([PY, "-c", AUDIT_SCRIPT.format(cwd=str(tmp_path))],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     import json
-    (event,) = json.loads(out.stdout)
-    application_name, command_line, cwd = event
-    assert application_name is None and cwd == str(tmp_path)
-    assert command_line == subprocess.list2cmdline([PY, "-c", "pass"])
+    seen = json.loads(out.stdout)
+    (ours,), (plain,) = seen["job.popen"], seen["subprocess.Popen"]
+    assert ours[0] is None and ours[2] == str(tmp_path) == plain[2] and plain[0] is None
+    command_line = subprocess.list2cmdline([PY, "-c", "pass"])
+    assert (ours[1] == command_line) == (plain[1] == command_line)
+
+
+WINAPI_ORDER_SCRIPT = """
+import json, subprocess, sys, _winapi
+trace = []
+sys.addaudithook(lambda event, args: event == "_winapi.CreateProcess" and trace.append("audit"))
+
+class Stop(Exception):
+    pass
+
+class HandleList:
+    def __iter__(self):
+        trace.append("handle_list")
+        raise Stop
+
+class StartupInfo:
+    def __getattr__(self, name):
+        trace.append(name)
+        return {"handle_list": HandleList()} if name == "lpAttributeList" else 0
+
+class Environment:
+    def keys(self):
+        trace.append("keys")
+        return ["b", "A", "a"]
+    def values(self):
+        trace.append("values")
+        return ["1", "2", "3"]
+    def __getitem__(self, key):
+        trace.append("[%s]" % key)
+        return "x"
+
+def stopped(*args):
+    try:
+        _winapi.CreateProcess(*args)
+    except Stop:
+        return True
+    except Exception as exc:
+        return type(exc).__name__
+    return "created"
+
+# command_line: checked after the handle list
+ok = stopped(None, 5, None, None, 1, 0, Environment(), None, StartupInfo())
+first = list(trace)
+# the handles: converted after the list is read, before command_line is checked
+class Plain:
+    dwFlags = wShowWindow = 0
+    hStdInput = hStdOutput = hStdError = None
+    lpAttributeList = {"handle_list": [2**70]}
+handles_first = stopped(None, 5, None, None, 1, 0, None, None, Plain())
+print(json.dumps([first, ok, handles_first]))
+"""
+
+
+def test_winapi_checks_everything_but_two_before_the_handle_list():
+    """The premise of _windows.check_with_winapi, on this Python
+    (_spawn_hook.WINAPI_CREATE_PROCESS_ORDER): _winapi.CreateProcess raises its audit event,
+    reads the startupinfo fields and the whole environment, and only then iterates the handle
+    list; command_line is checked after it, and the handles' conversion before command_line."""
+    out = subprocess.run([PY, "-c", WINAPI_ORDER_SCRIPT], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    import json
+    trace, stopped, handles_first = json.loads(out.stdout)
+    fields = ["dwFlags", "wShowWindow", "hStdInput", "hStdOutput", "hStdError"]
+    if sys.version_info >= (3, 12, 2) or (3, 11, 8) <= sys.version_info < (3, 12):
+        environment = ["keys", "[a]", "[b]"]  # gh-87868: sorted, "A" merged into the later "a"
+    else:
+        environment = ["keys", "values"]
+    assert trace == ["audit", *fields, *environment, "lpAttributeList", "handle_list"]
+    assert stopped is True, "command_line was checked before the handle list"
+    assert handles_first == "OverflowError"
+
+
+def test_a_winapi_that_creates_before_the_handle_list_is_refused(job, monkeypatch, tmp_path):
+    """The guard, with a stand-in for a _winapi that never reads the handle list: the process
+    its trial call creates is suspended, so it never runs, and killed; the spawn raises
+    UnsupportedError and nothing joins the job."""
+    created = []
+
+    class CreatesAtOnce:
+        def __getattr__(self, name):
+            return getattr(_winapi, name)
+
+        def CreateProcess(self, *args):
+            result = _winapi.CreateProcess(*args[:8], subprocess.STARTUPINFO())
+            created.append(result[2])
+            return result
+
+    monkeypatch.setattr(_windows, "_winapi", CreatesAtOnce())
+    marker = tmp_path / "ran"
+    with pytest.raises(pgjob.UnsupportedError, match="before reading its handle list"):
+        job.popen([PY, "-c", f"open({str(marker)!r}, 'w').close()"])
+    monkeypatch.undo()
+    assert len(created) == 1
+    assert wait_gone(created) == []
+    assert not marker.exists()
+    assert job.pids() == []
 
 
 def test_audit_hook_can_veto_the_spawn(job):
@@ -260,6 +367,7 @@ UNICODE_ENVIRONMENTS = [
     {"ǅ": "title", "ǆ": "lower", "Ǆ": "upper"},
     {"ﬁle": "ligature", "FILE": "plain"},
     {"Ωmega": "omega", "ωMEGA": "other"},
+    {"Straße": "a", "STRAßE": "b"},  # a case variant: merged from gh-87868 on, the later wins
 ]
 SHOW_ENV = ("import json, os\n"
             "print(json.dumps(sorted((k, v) for k, v in os.environ.items()"
@@ -275,18 +383,6 @@ def test_environment_matches_subprocess_for_non_ascii_names(job, extra):
     plain = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
                              encoding="utf-8").communicate(timeout=60)
     assert ours == plain
-
-
-def test_eszett_and_ss_stay_two_variables():
-    """str.upper() merged these into one (the later value won); Windows keeps both."""
-    block = _windows.environment_block({"STRAßE": "a", "STRASSE": "b"})
-    assert sorted(block.rstrip("\0").split("\0")) == ["STRASSE=b", "STRAßE=a"]
-    block = _windows.environment_block({"Straße": "a", "STRAßE": "b"})
-    if _windows._SORTS_ENVIRONMENT:
-        assert block == "STRAßE=b\0\0"  # a case variant: merged, the later one wins
-    else:
-        # Before gh-87868 (3.11.8, 3.12.2) _winapi passes the names as given, unsorted.
-        assert block == "Straße=a\0STRAßE=b\0\0"
 
 
 def test_import_check_warns_and_spawn_is_unsupported(monkeypatch):
