@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 
@@ -123,3 +124,24 @@ def pgjob_plugin_args():
     group = (points.select(group="pytest11") if hasattr(points, "select")
              else points.get("pytest11", ()))
     return [] if any(p.name == "pgjob" for p in group) else ["-p", "pgjob.pytest_plugin"]
+
+
+def running(pid):
+    """Is `pid` a running process (a zombie is not), on Linux and on Windows?"""
+    if sys.platform == "win32":
+        import _winapi
+        try:
+            handle = _winapi.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        except OSError:
+            return False
+        try:
+            return _winapi.GetExitCodeProcess(handle) == 259  # STILL_ACTIVE
+        finally:
+            _winapi.CloseHandle(handle)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
+

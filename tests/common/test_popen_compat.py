@@ -12,6 +12,8 @@ import pytest
 
 import pgjob
 
+from proc_helpers import running
+
 # The pgjob under test, wherever it was imported from.
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(pgjob.__file__)))
 ECHO = [sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read())"]
@@ -132,20 +134,6 @@ def test_subprocess_popen_replaced_by_pgjob_popen(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == b"all fine", done.stderr.decode()
 
 
-def _running(pid):
-    if sys.platform == "win32":
-        import _winapi
-        try:
-            handle = _winapi.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        except OSError:
-            return False
-        try:
-            return _winapi.GetExitCodeProcess(handle) == 259  # STILL_ACTIVE
-        finally:
-            _winapi.CloseHandle(handle)
-    return os.path.exists(f"/proc/{pid}")  # reaped by pgjob: no zombie either
-
-
 def test_a_wrapped_execute_child_is_refused_and_the_escaped_child_killed(monkeypatch):
     """A profiler or mocking library that wraps Popen._execute_child calls the original
     function, whose globals pgjob does not route: the child starts outside the job. pgjob
@@ -170,7 +158,9 @@ def test_a_wrapped_execute_child_is_refused_and_the_escaped_child_killed(monkeyp
         assert calls, "the wrapper was not called: the test proves nothing"
         assert "test_popen_compat" in str(info.value)  # names the wrapper's module
         pid = int(re.search(r"pid (\d+)", str(info.value)).group(1))
-        assert not _running(pid)
+        assert not running(pid)
+        if sys.platform != "win32":
+            assert not os.path.exists(f"/proc/{pid}")  # reaped by pgjob: no zombie either
         assert pid not in job.pids()
     monkeypatch.undo()
     with pgjob.Job() as job:  # unwrapped again: spawns go through the job

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from proc_helpers import pgjob_plugin_args, wait_until
+from proc_helpers import pgjob_plugin_args, running, wait_until
 
 import pgjob
 
@@ -65,25 +65,6 @@ def test_leaves_an_orphan():
 """
 
 
-def _running(pid):
-    if sys.platform == "win32":
-        import _winapi
-        try:
-            h = _winapi.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        except OSError:
-            return False
-        try:
-            return _winapi.GetExitCodeProcess(h) == 259  # STILL_ACTIVE
-        finally:
-            _winapi.CloseHandle(h)
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return False
-    return data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
-
-
 def _kill(pid):
     if sys.platform == "win32":
         subprocess.run(["taskkill", "/F", "/PID", str(pid)], capture_output=True)
@@ -127,14 +108,14 @@ def test_the_job_fixture_kills_its_members_after_the_test(user_suite):
     code, out, pids = user_suite("-k", "member_of_the_job_fixture")
     assert code == 0, out
     assert "1 passed" in out
-    assert wait_until(lambda: not _running(pids["member"]), 10), "the job's member survived"
+    assert wait_until(lambda: not running(pids["member"]), 10), "the job's member survived"
 
 
 def test_without_leak_checks_nothing_is_checked(user_suite):
     code, out, pids = user_suite("-k", "leaves_a_child")
     assert code == 0, out
     assert "pgjob: leak checks" not in out
-    assert _running(pids["child"])  # left running, as pytest alone would
+    assert running(pids["child"])  # left running, as pytest alone would
 
 
 @pytest.mark.parametrize("how", ["option", "ini"])
@@ -148,7 +129,7 @@ def test_a_leaked_child_fails_its_test_is_named_and_killed(user_suite, how):
     child = pids["child"]
     assert f"pid {child}: " in out and "leaked-child" in out, out
     assert "test_leaves_a_child" in out.split("short test summary info")[1]
-    assert wait_until(lambda: not _running(child), 10), "the leaked process still runs"
+    assert wait_until(lambda: not running(child), 10), "the leaked process still runs"
     # The others are clean: the job fixture's member, and the session fixture's server
     # (started during test_clean's setup, it is the fixture's, not the test's).
     summary = out.split("short test summary info")[1]
@@ -167,7 +148,7 @@ def test_a_leaked_orphan_is_found_through_the_session_job(user_suite):
     assert code == 1, out
     orphan = pids["orphan"]
     assert f"pid {orphan}: " in out and "leaked-orphan" in out, out
-    assert wait_until(lambda: not _running(orphan), 10), "the leaked orphan still runs"
+    assert wait_until(lambda: not running(orphan), 10), "the leaked orphan still runs"
 
 
 def test_the_suite_in_docs_testing_md_runs_as_documented(tmp_path):
