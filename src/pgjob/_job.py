@@ -64,11 +64,12 @@ def _check_pid(pid: object) -> int:
 class _Borrow:
     """Job._use(): a class, not a contextlib generator (cheaper, and spawns are frequent)."""
 
-    __slots__ = ("job", "operation", "impl")
+    __slots__ = ("job", "operation", "spawning", "impl")
 
-    def __init__(self, job: "Job", operation: str) -> None:
+    def __init__(self, job: "Job", operation: str, spawning: bool) -> None:
         self.job = job
         self.operation = operation
+        self.spawning = spawning
 
     def __enter__(self) -> JobBackend:
         self.impl = self.job._borrow(self.operation)
@@ -78,7 +79,7 @@ class _Borrow:
                  tb: Any) -> Literal[False]:
         try:
             if exc is not None:
-                self.job._classify_failure(self.impl, exc, self.operation)
+                self.job._classify_failure(self.impl, exc, self.spawning)
             return False
         finally:
             self.job._give_back(self.impl)
@@ -219,15 +220,16 @@ class Job:
                                      f"({self._gone_reason})")
         return JobClosedError(errno.EBADF, f"cannot {operation}: the job is closed")
 
-    def _use(self, operation: str) -> "_Borrow":
-        """Borrow the backend for one operation (`with job._use("spawn") as impl:`); classify
-        what it raises.
+    def _use(self, operation: str, *, spawning: bool = False) -> "_Borrow":
+        """Borrow the backend for one operation (`with job._use("assign") as impl:`); raise
+        what it raises as the pgjob error it means (`_errors.classify`; while `spawning`, an
+        unmarked error is the program's and stays as it is). `operation` names it in errors.
 
         close() or detach() from another thread while we are inside only marks the job
         closed; the OS handle is released when the last borrower returns, so a handle value
         is never reused under a running syscall.
         """
-        return _Borrow(self, operation)
+        return _Borrow(self, operation, spawning)
 
     def _borrow(self, operation: str) -> JobBackend:
         """The start of a borrow (_use): the backend, counted as in use."""
@@ -241,7 +243,7 @@ class Job:
             self._users += 1
         return impl
 
-    def _classify_failure(self, impl: JobBackend, exc: BaseException, operation: str) -> None:
+    def _classify_failure(self, impl: JobBackend, exc: BaseException, spawning: bool) -> None:
         """What a borrow does with the backend's exception: a JobClosedError (the OS object
         is gone) closes the Job; another OSError is classified, and raised as the class it
         means (from the original) if that differs. Returns when `exc` stands as it is."""
@@ -249,7 +251,7 @@ class Job:
             self._gone(impl, exc)
         elif isinstance(exc, OSError) and not isinstance(exc, JobError):
             # (A target that exited mid-call is detected by the backend, at the lowest layer.)
-            err = _errors.classify(exc, spawning=operation == "spawn")
+            err = _errors.classify(exc, spawning=spawning)
             if isinstance(err, JobClosedError):
                 self._gone(impl, err)
             if err is not exc:
@@ -493,7 +495,7 @@ class Job:
 
     def _execute_child(self, popen: "Popen", execute_child: types.FunctionType,
                        args: tuple[Any, ...]) -> None:
-        with self._use("spawn") as impl:
+        with self._use("spawn", spawning=True) as impl:
             impl.execute_child(popen, execute_child, args)
         if popen.spawn_path is None and getattr(popen, "_child_created", False):
             # The backend's hook sets spawn_path when it creates the process. A child made
