@@ -90,8 +90,10 @@ class _Watch:
         return set(_procfs._descendants([me]))
 
 
-_WATCH_KEY = pytest.StashKey[_Watch]()
-_BEFORE_KEY = pytest.StashKey["set[int]"]()
+# Kept on pytest's own objects as attributes, not in their `stash`: that needs pytest 7, and
+# this plugin is loaded into every pytest run of an environment that has pgjob.
+def _watch_of(config: Config) -> Optional[_Watch]:
+    return getattr(config, "_pgjob_watch", None)
 
 
 def _leak_checks_on(config: Config) -> bool:
@@ -101,17 +103,17 @@ def _leak_checks_on(config: Config) -> bool:
 
 def pytest_configure(config: Config) -> None:
     if _leak_checks_on(config):
-        config.stash[_WATCH_KEY] = _Watch()
+        config._pgjob_watch = _Watch()  # type: ignore[attr-defined]
 
 
 def pytest_report_header(config: Config) -> Optional[str]:
-    watch = config.stash.get(_WATCH_KEY, None)
+    watch = _watch_of(config)
     return None if watch is None else f"pgjob: leak checks on, watching {watch.how}"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_fixture_setup(fixturedef: FixtureDef[object], request: SubRequest) -> Iterator[None]:
-    watch = request.config.stash.get(_WATCH_KEY, None)
+    watch = _watch_of(request.config)
     if watch is None or fixturedef.scope == "function":
         yield
         return
@@ -122,17 +124,17 @@ def pytest_fixture_setup(fixturedef: FixtureDef[object], request: SubRequest) ->
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: Item) -> None:
-    watch = item.config.stash.get(_WATCH_KEY, None)
+    watch = _watch_of(item.config)
     if watch is not None:
-        item.stash[_BEFORE_KEY] = watch.processes()
+        item._pgjob_before = watch.processes()  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item: Item) -> None:
     # Last: pytest's own implementation has torn the test's fixtures down; what they clean up
     # is no leak.
-    watch = item.config.stash.get(_WATCH_KEY, None)
-    before = item.stash.get(_BEFORE_KEY, None)
+    watch = _watch_of(item.config)
+    before: Optional[set[int]] = getattr(item, "_pgjob_before", None)
     if watch is None or before is None:
         return
     leaked = _still_running(sorted(watch.processes() - before - watch.owned_by_fixtures), 0)
