@@ -66,7 +66,6 @@ class _Watch:
     def __init__(self) -> None:
         self.job: Optional[pgjob.Job] = None
         self.how = ""
-        self._tree: Optional[str] = None
         try:
             mechanism = "cgroup" if sys.platform.startswith("linux") else None
             job = pgjob.Job(kill_on_close=True, mechanism=mechanism, on_unavailable="raise")
