@@ -249,11 +249,15 @@ def cgroup_path(relative):
 
 
 def cgroup_procs(directory):
+    """The pids in a cgroup; none once it is removed (ENOENT, or ENODEV for a cgroup that was
+    removed, by pgjob's watcher for one, between our open and our read)."""
     try:
         with open(os.path.join(directory, "cgroup.procs")) as f:
             return [int(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV):
+            return []
+        raise
 
 
 # The files systemd's Delegate=yes hands to the user besides the directory itself.
