@@ -8,7 +8,6 @@ import time
 import _winapi
 import pytest
 
-import pgjob
 from pgjob import _jobobject
 from proc_helpers import LineReader
 
