@@ -204,13 +204,7 @@ if sys.platform == "win32":
 elif sys.platform.startswith("linux"):
     import signal
 
-    def _running(pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        return data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
+    from ._procfs import _running  # running, not a zombie: what the Linux backend counts
 
     def _describe(pid: int) -> str:
         try:
