@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Literal, Optional
 
 from . import _errors
 from ._base import JobBackend, JobOptions, ProcessHandle
@@ -23,6 +23,7 @@ from ._errors import AlreadyInJobError, JobClosedError, JobError, UnsupportedErr
 from ._log import logger
 
 if TYPE_CHECKING:
+    import asyncio.subprocess
     import types
 
     from ._records import JobEvent, JobStats
@@ -395,6 +396,45 @@ class Job:
             first = False
             if deadline is not None and time.monotonic() >= deadline:
                 return False
+
+    # -- asyncio -------------------------------------------------------------------------
+
+    async def create_subprocess_exec(self, program: Any, *args: Any,
+                                     **kwargs: Any) -> "asyncio.subprocess.Process":
+        """asyncio.create_subprocess_exec(program, *args, **kwargs), with the child a member
+        from its first instruction (as job.popen()). On asyncio's own event loops: the
+        selector loop on Linux, the Proactor loop on Windows."""
+        from . import _asyncio
+        return await _asyncio.create_subprocess_exec(self, program, *args, **kwargs)
+
+    async def create_subprocess_shell(self, cmd: Any,
+                                      **kwargs: Any) -> "asyncio.subprocess.Process":
+        """asyncio.create_subprocess_shell(cmd, **kwargs), with the shell a member."""
+        from . import _asyncio
+        return await _asyncio.create_subprocess_shell(self, cmd, **kwargs)
+
+    async def wait_async(self, timeout: Optional[float] = None) -> bool:
+        """wait() for asyncio: True once no member is left, False if `timeout` seconds passed
+        first or the Job was closed or detached meanwhile. Cancelling it changes nothing."""
+        timeout = _check_timeout(timeout)
+        from . import _asyncio
+        return await _asyncio.wait_async(self, timeout)
+
+    def events_async(self, timeout: Optional[float] = None) -> AsyncIterator[JobEvent]:
+        """events() for asyncio: `async for event in job.events_async():`."""
+        timeout = _check_timeout(timeout)
+        if self._owner != os.getpid():
+            self._forget_after_fork()
+        if self.closed:
+            raise self._closed_error("read events")
+        from . import _asyncio
+        return _asyncio.events_async(self, timeout)
+
+    async def __aenter__(self) -> "Job":
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- lifetime ------------------------------------------------------------------------
 

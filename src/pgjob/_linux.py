@@ -117,6 +117,9 @@ class _LinuxJob(JobBackend):
         # Lets next_event() wake up when a process is started while it waits; made by the
         # first next_event() (most jobs are never waited on for events).
         self._wake_read = self._wake_write = -1
+        # The write ends of the asyncio layer's watches (_Watch): poked whenever an event is
+        # queued or the job is released, so an await never misses what another thread saw.
+        self._pokes: list[int] = []
         _HOLDERS.add(self)
 
     def after_fork_in_child(self, owner: int) -> None:
@@ -131,6 +134,7 @@ class _LinuxJob(JobBackend):
         for fd in [m.pidfd for m in members] + [self._wake_read, self._wake_write]:
             _close_quietly(fd)
         self._wake_read = self._wake_write = -1
+        self._pokes = []  # the parent's watches: its own to wake
 
     # subclass hooks
     def _spawn_member(self, fork_exec_args: tuple[Any, ...]) -> tuple[int, int]:
@@ -143,6 +147,14 @@ class _LinuxJob(JobBackend):
     def _event_fds(self) -> list[int]:
         """Descriptors that signal POLLPRI when the job changes (a cgroup's cgroup.events)."""
         return []
+
+    def _other_pids(self) -> list[int]:
+        """The running members we hold no pidfd for, when _others_alive() can only learn of
+        their exit by looking again (the asyncio layer opens a pidfd of each instead)."""
+        return []
+
+    def _rearm_event_fds(self) -> None:
+        """Consume what _event_fds() have signalled, so that a new poll waits for the next change."""
 
     # membership
     def execute_child(self, popen: Popen, execute_child: types.FunctionType,
@@ -191,6 +203,20 @@ class _LinuxJob(JobBackend):
         if len(self._events) == MAX_QUEUED_EVENTS:
             self._events_dropped += 1
         self._events.append((kind, pid))
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake every watch (with the lock held): its await looks at the job again."""
+        for fd in self._pokes:
+            try:
+                os.write(fd, b"!")
+            except OSError:
+                pass  # full (the watch is awake anyway), or its watch is being closed
+
+    def watch(self) -> "_Watch":
+        """For the asyncio layer: a descriptor that turns readable when wait(0) or
+        next_event(0) may answer differently from the call just made (see _Watch)."""
+        return _Watch(self)
 
     def _add_member(self, pid: int, pidfd: int) -> None:
         """With the lock held."""
@@ -252,6 +278,8 @@ class _LinuxJob(JobBackend):
                 if self._events:
                     kind, pid = self._events.popleft()
                     event: Optional[JobEvent] = _records.JobEvent(kind, pid)
+                elif timeout == 0:
+                    event = None  # a look, not a wait: no wake pipe needed
                 else:
                     # Counted under the lock that queues NEW_PROCESS: a spawn either queued
                     # its event before we looked, or sees us waiting and writes the wake pipe.
@@ -265,6 +293,8 @@ class _LinuxJob(JobBackend):
                                "not at all", dropped, MAX_QUEUED_EVENTS)
             if event is not None:
                 return event
+            if timeout == 0:
+                return None
             try:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -345,6 +375,72 @@ class _LinuxJob(JobBackend):
         for fd in (self._wake_read, self._wake_write):
             _close_quietly(fd)
         self._wake_read = self._wake_write = -1
+        with self._lock:
+            self._poke()  # closed or detached: every await must see it
+
+
+class _Watch:
+    """One await's view of a job, as one epoll descriptor for the event loop's reader: it turns
+    readable when something may have changed, and then stays readable until closed (level
+    triggered). Made only of what the kernel already gives, no thread and no timer:
+
+    - each member's pidfd (readable once the process has exited);
+    - a pidfd opened now for each running process the job holds none for (`_other_pids`:
+      a namespace's orphans and daemons): when one exits, a new watch looks again and sees
+      what it left behind, since nothing joins the job without a running member;
+    - POLLPRI of the job's event descriptors (a cgroup's cgroup.events, re-armed first);
+    - a pipe the job pokes when it queues an event or is released. This covers what another
+      thread saw first: the job closes a member's pidfd (which drops it from this epoll) only
+      after noting its exit, and that queues an event.
+    """
+
+    def __init__(self, job: _LinuxJob) -> None:
+        self._job = job
+        self._epoll = select.epoll()
+        self._opened: list[int] = []
+        self._poke_read = self._poke_write = -1
+        try:
+            self._poke_read, self._poke_write = _pipe_above_stdio()
+            self._epoll.register(self._poke_read, select.EPOLLIN)
+            job._rearm_event_fds()
+            with job._lock:
+                # Registered under the lock: a member's pidfd is open while it is listed.
+                job._pokes.append(self._poke_write)
+                if job._closed:
+                    job._poke()
+                for m in job._members:
+                    self._epoll.register(m.pidfd, select.EPOLLIN)
+                for fd in job._event_fds():
+                    self._epoll.register(fd, select.EPOLLPRI)
+            for pid in job._other_pids():
+                try:
+                    fd = _above_stdio(os.pidfd_open(pid))
+                except ProcessLookupError:
+                    os.write(self._poke_write, b"!")  # gone already: look again at once
+                    continue
+                self._opened.append(fd)
+                self._epoll.register(fd, select.EPOLLIN)
+        except BaseException:
+            self.close()
+            raise
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def close(self) -> None:
+        """Idempotent."""
+        job = self._job
+        if self._poke_write >= 0:
+            with job._lock:
+                try:
+                    job._pokes.remove(self._poke_write)
+                except ValueError:
+                    pass  # a fork's copy forgot it
+        self._epoll.close()
+        for fd in self._opened + [self._poke_read, self._poke_write]:
+            _close_quietly(fd)
+        self._opened = []
+        self._poke_read = self._poke_write = -1
 
 
 class NamespaceJob(_LinuxJob):
@@ -389,6 +485,11 @@ class NamespaceJob(_LinuxJob):
 
     def _others_alive(self) -> bool:
         return bool(self.pids())
+
+    def _other_pids(self) -> list[int]:
+        with self._lock:
+            tracked = {m.pid for m in self._members}
+        return [pid for pid in self.pids() if pid not in tracked]
 
     def terminate(self, exit_code: int) -> None:
         # A PID namespace has no exit code to give: every member dies of SIGKILL. The inits
@@ -475,6 +576,12 @@ class PdeathsigJob(_LinuxJob):
         with self._lock:  # reaped ones are out of sight for good: forget them
             self._exited = [pid for pid in self._exited if pid in zombies]
         return bool(zombies) and len(_descendants(zombies)) > len(zombies)
+
+    def _other_pids(self) -> list[int]:
+        with self._lock:
+            exited = list(self._exited)
+        zombies = [pid for pid in exited if (_stat_fields(pid) or [b""])[0] == b"Z"]
+        return [pid for pid in _descendants(zombies) if pid not in zombies] if zombies else []
 
     def terminate(self, exit_code: int) -> None:
         # Stop the whole tree first, so nobody forks or reparents while we kill it.
@@ -678,6 +785,18 @@ class CgroupJob(_LinuxJob):
 
     def _event_fds(self) -> list[int]:
         return [self._events_fd] if self._events_fd >= 0 else []
+
+    def _rearm_event_fds(self) -> None:
+        if self._events_fd >= 0:
+            self._populated()
+
+    def _other_pids(self) -> list[int]:
+        if not self._holds_self:
+            return []  # cgroup.events' POLLPRI tells when the cgroup empties
+        me = os.getpid()
+        with self._lock:
+            tracked = {m.pid for m in self._members}
+        return [pid for pid in self.pids() if pid != me and pid not in tracked]
 
     def _poll_exits(self) -> list[_Member]:
         live = super()._poll_exits()

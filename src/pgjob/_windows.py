@@ -8,6 +8,7 @@ mapping whose `_winapi` differs in that single attribute. Nothing global is patc
 from __future__ import annotations
 
 import _winapi
+import collections
 import errno
 import functools
 import operator
@@ -353,6 +354,7 @@ class WindowsJob(JobBackend):
         # handle keeps the pid from naming anyone else, so the exit code read from it is
         # the member's own, and wait() never needs to open a pid it may not open.
         self._members: Dict[int, int] = {}
+        self._given_back: collections.deque[JobEvent] = collections.deque()
         self._members_lock = threading.Lock()  # events, spawns and wait() run in any thread
         for limit in (options.memory_limit, options.process_memory_limit):
             if limit is not None and limit > _SIZE_MAX:
@@ -547,7 +549,17 @@ class WindowsJob(JobBackend):
                                  kernel_time=kernel / 1e7, peak_process_memory=peak_process,
                                  peak_job_memory=peak_job, read_bytes=read, write_bytes=write)
 
+    def give_back(self, event: JobEvent) -> None:
+        """An event read for a reader that is gone (a cancelled events_async): the next
+        next_event() returns it first."""
+        self._given_back.append(event)
+
     def next_event(self, timeout: Optional[float]) -> Optional[JobEvent]:
+        if self._given_back:
+            try:
+                return self._given_back.popleft()
+            except IndexError:
+                pass  # another thread took it
         ms = 0xFFFFFFFE if timeout is None else min(int(timeout * 1000), 0xFFFFFFFE)
         message = c.GetQueuedCompletionStatus(cast(int, self.port), ms)
         if message is None:
@@ -586,14 +598,29 @@ class WindowsJob(JobBackend):
             self._wait_any(members, slice_s)
 
     def _wait_any(self, pids: list[int], timeout: float) -> None:
-        """Block until one of `pids` exits or `timeout` passes. Members we hold a handle for
-        are waited on by it; others are opened now. A member we may not open is waited for
-        by time alone (re-listed after `timeout`), never by returning at once: that spun."""
+        """Block until one of `pids` exits or `timeout` passes. A member we may not open is
+        waited for by time alone (re-listed after `timeout`), never by returning at once:
+        that spun."""
+        handles = self._member_handles(pids, 63)  # WaitForMultipleObjects: at most 64
+        if handles is None:
+            return  # one exited since the list was read: re-list at once
+        try:
+            if handles:
+                _winapi.WaitForMultipleObjects(handles, False, int(timeout * 1000))
+            else:
+                time.sleep(timeout)
+        finally:
+            for h in handles:
+                _winapi.CloseHandle(h)
+
+    def _member_handles(self, pids: list[int], most: Optional[int] = None) -> Optional[list[int]]:
+        """Our own handles (the caller closes them) to wait on for `pids`: a copy of the one
+        held since the member joined, else one opened now (alive but not ours to open:
+        left out). None if one of them has exited since its pid was listed."""
         handles: list[int] = []
-        opened: list[int] = []
         try:
             for pid in pids:
-                if len(handles) == 63:  # WaitForMultipleObjects takes at most 64 handles
+                if most is not None and len(handles) == most:
                     break
                 with self._members_lock:
                     held = self._members.get(pid)
@@ -602,24 +629,30 @@ class WindowsJob(JobBackend):
                         held = _winapi.DuplicateHandle(_CURRENT_PROCESS, held, _CURRENT_PROCESS,
                                                        0, False, _winapi.DUPLICATE_SAME_ACCESS)
                 if held is not None:
-                    opened.append(held)
                     handles.append(held)
                     continue
                 try:
                     h = _winapi.OpenProcess(_SYNCHRONIZE, False, pid)
                 except OSError as exc:
                     if exc.winerror == c.ERROR_INVALID_PARAMETER:
-                        return  # exited since the list was read: re-list at once
+                        for h in handles:
+                            _winapi.CloseHandle(h)
+                        return None
                     continue  # alive but not ours to open (ACCESS_DENIED)
-                opened.append(h)
                 handles.append(h)
-            if handles:
-                _winapi.WaitForMultipleObjects(handles, False, int(timeout * 1000))
-            else:
-                time.sleep(timeout)
-        finally:
-            for h in opened:
+        except BaseException:
+            for h in handles:
                 _winapi.CloseHandle(h)
+            raise
+        return handles
+
+    def watch_handles(self) -> Optional[list[int]]:
+        """For the asyncio layer (the Proactor loop waits on process handles): our own
+        handles of the running members, closed by the caller; None if one exited meanwhile
+        (look again at once)."""
+        me = os.getpid()
+        members = [p for p in c.QueryJobProcessIdList(cast(int, self.handle)) if p != me]
+        return self._member_handles(members)
 
     def _close_members(self) -> None:
         with self._members_lock:

@@ -107,10 +107,16 @@ SCENARIOS = {
                    ("doublefork", DOUBLE_FORK, ["doublefork", "doublefork.orphan"]),
                    ("setsid", SETSID, ["setsid"]), ("thread", PYSLEEP, ["thread"]),
                    ("prethread", PYSLEEP, ["prethread"]), ("pool", PYSLEEP, ["pool"]),
-                   ("system", PYSLEEP, ["system"])],
+                   ("system", PYSLEEP, ["system"]), ("asyncio", PYSLEEP, ["asyncio"])],
+    # An asyncio program: members started by its loop (running since before the call) after
+    # an asyncio.to_thread, by asyncio's create_subprocess_exec and by the Job's (protect only).
+    "asyncio": [("asyncio", PYSLEEP, ["asyncio"]), ("asyncio_job", PYSLEEP, ["asyncio_job"])],
 }
 # How a member is started when there is no Job to call popen on (protect, plain).
-ROUTE = {"thread": "thread", "prethread": "prethread", "pool": "pool", "system": "system"}
+ROUTE = {"thread": "thread", "prethread": "prethread", "pool": "pool", "system": "system",
+         "asyncio": "asyncio", "asyncio_job": "asyncio_job"}
+ASYNCIO = []     # the AsyncioThread of a scenario with asyncio routes
+PROTECTION = []  # protect_children()'s Job
 
 
 def wait_ready(names, timeout=20.0):
@@ -260,6 +266,38 @@ class PreThread:
         return value
 
 
+class AsyncioThread:
+    """An asyncio program's loop, running in its own thread since before protect_children()
+    and used before it (a to_thread and a subprocess). After the call, `spawn` starts members
+    from a coroutine that first uses asyncio.to_thread, by asyncio.create_subprocess_exec or
+    by the protection Job's create_subprocess_exec; the loop keeps their Process objects."""
+
+    def __init__(self):
+        import asyncio
+        self.asyncio = asyncio
+        self.loop = asyncio.new_event_loop()
+        self.processes = []
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.run(self._before())
+
+    async def _before(self):
+        assert await self.asyncio.to_thread(sum, [1, 2]) == 3
+        proc = await self.asyncio.create_subprocess_exec("true")
+        assert await proc.wait() == 0
+
+    def run(self, coroutine, timeout=60):
+        return self.asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def spawn(self, argv, job=None):
+        async def body():
+            assert await self.asyncio.to_thread(sum, [3, 4]) == 7
+            create = self.asyncio.create_subprocess_exec if job is None else job.create_subprocess_exec
+            proc = await create(*argv, **QUIET)
+            self.processes.append(proc)
+            return proc.pid
+        return self.run(body())
+
+
 QUIET = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 
@@ -289,6 +327,8 @@ def spawn(route, argv, prethread, pool_box):
         if not pool_box:
             pool_box.append(multiprocessing.get_context("fork").Pool(1))
         return [pool_box[0].apply(spawn_detached, (argv,))]
+    if route in ("asyncio", "asyncio_job"):
+        return [ASYNCIO[0].spawn(argv, PROTECTION[0] if route == "asyncio_job" else None)]
     if route == "system":
         status = os.system(shlex.join(argv) + " </dev/null >/dev/null 2>&1 &")
         if status != 0:
@@ -342,10 +382,13 @@ def start_ticks(pid):
 def run_protect_or_plain(members, ready_names, report):
     """No Job: plain subprocess etc. (the control), or after protect_children()."""
     prethread = PreThread()  # started before the call, as a program's threads would be
+    if any(name.startswith("asyncio") for name, _, _ in members):
+        ASYNCIO.append(AsyncioThread())
     report["state_before"] = process_state()
     report["helpers_before"] = helper_processes()
     if mechanism == "protect":
         job = pgjob.protect_children(on_unavailable="log")
+        PROTECTION.append(job)
         report["mechanism"] = job.mechanism
         report["in_job"] = pgjob.in_job()
     else:

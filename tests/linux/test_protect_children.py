@@ -16,7 +16,7 @@ pytestmark = pytest.mark.linux
 
 # Routes by which a program creates processes; each is one owner scenario (owner.py).
 KILL_SCENARIOS = ["sleeping", "busy", "stopped", "tree", "daemon", "doublefork", "setsid",
-                  "thread", "prethread", "pool", "system"]
+                  "thread", "prethread", "pool", "system", "asyncio"]
 WHO_PROTECTED = ["root", "delegated"]
 
 
