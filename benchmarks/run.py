@@ -1,6 +1,6 @@
 """pgjob's benchmarks: spawn cost, teardown after the owner dies, job operations, import time.
 
-    python benchmarks/run.py [--quick] [--only spawn,teardown,ops,import,costs] [--out DIR]
+    python benchmarks/run.py [--quick] [--only spawn,asyncio,teardown,ops,import,costs] [--out DIR]
     scripts/winepy benchmarks/run.py [--quick] ...      the same for the Windows backend, under Wine
 
 Every comparison runs side by side in one process, interleaved round by round in a shuffled
@@ -129,6 +129,52 @@ def bench_spawn(quick):
                      "p10_ms": round(ms(_quantile(samples[name], 0.1)), 4),
                      "p90_ms": round(ms(_quantile(samples[name], 0.9)), 4),
                      "ratio_to_subprocess": round(med / base, 3), "samples": len(samples[name])})
+    return {"program": argv, "rounds": rounds, "batch": batch, "rows": rows}
+
+
+# -- 1b. asyncio spawn cost ------------------------------------------------------------------
+
+def bench_asyncio(quick):
+    """job.create_subprocess_exec against asyncio.create_subprocess_exec, on the OS's default
+    loop: start the trivial program, await its exit; interleaved rounds, medians."""
+    import asyncio
+    argv, _ = spawn_contenders()
+    quiet = {"stdout": subprocess.DEVNULL}
+    rounds, batch = (6, 10) if quick else (30, 20)
+    if WINDOWS:
+        rounds, batch = (4, 5) if quick else (12, 10)
+    job = pgjob.Job()
+    contenders = {"asyncio.create_subprocess_exec": asyncio.create_subprocess_exec,
+                  f"job.create_subprocess_exec [{job.mechanism}]": job.create_subprocess_exec}
+    samples = {name: [] for name in contenders}
+
+    async def once(create):
+        t = clock()
+        proc = await create(*argv, **quiet)
+        await proc.wait()
+        return clock() - t
+
+    async def main():
+        names = list(contenders)
+        for name in names:  # warm-up: first-use costs (the hook, the child watcher)
+            for _ in range(3):
+                await once(contenders[name])
+        for _ in range(rounds):
+            random.shuffle(names)
+            for name in names:
+                for _ in range(batch):
+                    samples[name].append(await once(contenders[name]))
+
+    try:
+        asyncio.run(main())
+    finally:
+        job.close()
+    base = statistics.median(samples["asyncio.create_subprocess_exec"])
+    rows = [{"contender": name, "median_ms": median_ms(samples[name]),
+             "p10_ms": round(ms(_quantile(samples[name], 0.1)), 4),
+             "p90_ms": round(ms(_quantile(samples[name], 0.9)), 4),
+             "ratio_to_asyncio": round(statistics.median(samples[name]) / base, 3),
+             "samples": len(samples[name])} for name in contenders]
     return {"program": argv, "rounds": rounds, "batch": batch, "rows": rows}
 
 
@@ -665,6 +711,16 @@ def markdown(result):
         out += [f"| {r['contender']} | {r['median_ms']:.3f} | {r['p10_ms']:.3f} | "
                 f"{r['p90_ms']:.3f} | {r['ratio_to_subprocess']:.2f}x |" for r in s["rows"]]
         out.append("")
+    if "asyncio" in result:
+        a = result["asyncio"]
+        out += ["## 1b. asyncio spawn cost: start `%s` and await its exit" % " ".join(a["program"]),
+                "", f"{a['rounds']} interleaved rounds of {a['batch']} spawns per contender, "
+                "on the default event loop.", "",
+                "| contender | median ms | p10 ms | p90 ms | ratio to asyncio |",
+                "|---|---:|---:|---:|---:|"]
+        out += [f"| {r['contender']} | {r['median_ms']:.3f} | {r['p10_ms']:.3f} | "
+                f"{r['p90_ms']:.3f} | {r['ratio_to_asyncio']:.2f}x |" for r in a["rows"]]
+        out.append("")
     if "teardown" in result:
         t = result["teardown"]
         out += ["## 2. Teardown: owner killed, until every member has exited", "",
@@ -784,7 +840,7 @@ def plot(outdir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
-    parser.add_argument("--only", default="spawn,teardown,ops,import")
+    parser.add_argument("--only", default="spawn,asyncio,teardown,ops,import")
     parser.add_argument("--out", help="output directory (default benchmarks/results[/quick])")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
     args = parser.parse_args()
@@ -796,7 +852,7 @@ def main():
     if LINUX:
         become_subreaper()
     result = {"info": describe(), "quick": args.quick}
-    benches = {"spawn": bench_spawn, "teardown": bench_teardown, "ops": bench_ops,
+    benches = {"spawn": bench_spawn, "asyncio": bench_asyncio, "teardown": bench_teardown, "ops": bench_ops,
                "import": bench_import, "costs": bench_costs}
     for name in args.only.split(","):
         log(f"--- {name}")

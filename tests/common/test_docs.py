@@ -98,6 +98,8 @@ def _child_env():
 
 def _program(code):
     code = re.sub(r'\[\s*"(worker|postgres|server)"', f"[{PROGRAM}", code)
+    code = re.sub(r'create_subprocess_exec\(\s*"(worker|postgres|server)"',
+                  f"create_subprocess_exec({PROGRAM}", code)
     if "sys." in code and not re.search(r"^import .*\bsys\b", code, re.M):
         code = "import sys\n" + code
     return code
