@@ -19,9 +19,9 @@ Waiting, without a thread or a timer:
   pokes when it queues an event; the loop's add_reader waits on it, then wait(0) or
   next_event(0) looks again.
 - Windows: the Proactor's wait_for_handle on our own handles of the members (the system's
-  wait threads, as asyncio's own process waits). events_async reads the job's completion port
-  from the default executor, a quarter of a second per call, as events() does; an event read
-  by a cancelled call is given back to the job.
+  wait threads, as asyncio's own process waits). events_async: the process's one pump thread
+  (_windows._EventPump), which reads the completion port every Job shares, wakes the await
+  with call_soon_threadsafe.
 """
 from __future__ import annotations
 
@@ -306,35 +306,36 @@ async def _next_event_linux(job: "Job", loop: asyncio.AbstractEventLoop,
 
 async def _next_event_windows(job: "Job", loop: asyncio.AbstractEventLoop,
                               timeout: Optional[float]) -> Optional["JobEvent"]:
-    chunk = 0.25 if timeout is None else min(timeout, 0.25)
-    with job._use("events") as impl:
-        event = impl.next_event(0)
-    if event is not None or chunk == 0:
-        return event
-    future = loop.run_in_executor(None, _read_port, job, chunk)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        # The read goes on in its thread: what it reads is the next reader's.
-        future.add_done_callback(functools.partial(_give_back, job))
-        raise
+    """The next event the pump thread files (_windows._EventPump), or None after `timeout`."""
+    deadline = _deadline(loop, timeout)
+    while True:
+        future = loop.create_future()
 
+        def wake() -> None:  # in the pump's thread
+            loop.call_soon_threadsafe(_resolve, future)
 
-def _read_port(job: "Job", timeout: float) -> Optional["JobEvent"]:
-    with job._use("events") as impl:
-        event: Optional[JobEvent] = impl.next_event(timeout)
-        return event
-
-
-def _give_back(job: "Job", future: "asyncio.Future[Optional[JobEvent]]") -> None:
-    if future.cancelled() or future.exception() is not None:
-        return
-    event = future.result()
-    if event is None:
-        return
-    try:
         with job._use("events") as impl:
-            impl.give_back(event)  # type: ignore[attr-defined]
-    except JobClosedError:
-        pass
+            event: Optional[JobEvent] = impl.next_event_or_notify(wake)  # type: ignore[attr-defined]
+            if event is not None:
+                return event
+        remaining = _remaining(loop, deadline)
+        try:
+            if remaining == 0.0:
+                return None
+            timer = None if remaining is None else loop.call_later(remaining, _resolve, future)
+            try:
+                await future
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        finally:
+            try:
+                with job._use("events") as impl:
+                    impl.cancel_notify(wake)  # type: ignore[attr-defined]
+            except JobClosedError:
+                pass
 
+
+def _resolve(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)

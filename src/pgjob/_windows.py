@@ -337,6 +337,78 @@ def resume(popen: "Popen") -> None:
         _winapi.CloseHandle(thread)
 
 
+#: Events kept per job until read; the oldest are dropped past this (as on Linux), counted.
+MAX_QUEUED_EVENTS = 65536
+
+
+class _EventPump:
+    """One I/O completion port for every Job of this process, and one daemon thread that reads
+    it and files each message with its job (by the completion key the job was associated
+    with). Why a thread: a completion port can't be waited on by anything but
+    GetQueuedCompletionStatus (it is not a waitable object, and the Proactor loop's own port
+    would take a job's messages for I/O completions), so someone must block on it; one thread
+    for the whole process, instead of one reader per job or per wait. It also keeps the
+    kernel's queue short when nobody reads a job's events: messages are taken off the port as
+    they come and kept, bounded, in the job; and it holds a new member's handle (and reads a
+    member's exit code) when the message arrives, not when someone reads it."""
+
+    def __init__(self) -> None:
+        self.port = c.CreateIoCompletionPort()
+        self._lock = threading.Lock()
+        self._jobs: Dict[int, "WindowsJob"] = {}
+        self._next_key = 1
+        self._thread: Optional[threading.Thread] = None
+
+    def register(self, job: "WindowsJob") -> int:
+        """A new completion key for `job`: its messages go to job._deliver from now on."""
+        with self._lock:
+            key = self._next_key
+            self._next_key += 1
+            self._jobs[key] = job
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pgjob-job-events",
+                                                daemon=True)
+                self._thread.start()
+        return key
+
+    def unregister(self, key: int) -> None:
+        """Messages still arriving for `key` (a closed or detached job) are dropped."""
+        with self._lock:
+            self._jobs.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                message = c.GetQueuedCompletionStatus(self.port, 0xFFFFFFFE)
+            except OSError as exc:  # the port itself failed: nothing can be read again
+                logger.warning("job events: GetQueuedCompletionStatus failed (%s); no more "
+                               "events will be reported", exc)
+                return
+            if message is None:
+                continue
+            msg, key, value = message
+            with self._lock:
+                job = self._jobs.get(key)
+            if job is None:
+                continue
+            try:
+                job._deliver(msg, value)
+            except Exception as exc:  # never let one job's message stop every job's events
+                logger.debug("job events: message 0x%x for key %d failed: %s", msg, key, exc)
+
+
+_PUMP: Optional[_EventPump] = None
+_PUMP_LOCK = threading.Lock()
+
+
+def _pump() -> _EventPump:
+    global _PUMP
+    with _PUMP_LOCK:
+        if _PUMP is None:
+            _PUMP = _EventPump()
+        return _PUMP
+
+
 class WindowsJob(JobBackend):
     mechanism = "job_object"
 
@@ -354,8 +426,13 @@ class WindowsJob(JobBackend):
         # handle keeps the pid from naming anyone else, so the exit code read from it is
         # the member's own, and wait() never needs to open a pid it may not open.
         self._members: Dict[int, int] = {}
-        self._given_back: collections.deque[JobEvent] = collections.deque()
         self._members_lock = threading.Lock()  # events, spawns and wait() run in any thread
+        # Events filed by the pump (_deliver), until read: bounded, the oldest dropped first.
+        self._events: collections.deque[JobEvent] = collections.deque(maxlen=MAX_QUEUED_EVENTS)
+        self._events_dropped = 0
+        self._events_ready = threading.Condition(threading.Lock())
+        self._notify: list[Any] = []  # callables: an asyncio waiter's wake-up, called once
+        self._key = 0
         for limit in (options.memory_limit, options.process_memory_limit):
             if limit is not None and limit > _SIZE_MAX:
                 raise OverflowError(f"memory limit {limit} does not fit in SIZE_T "
@@ -372,11 +449,12 @@ class WindowsJob(JobBackend):
                 c.SetJobCpuRate(job, control_flags=(c.JOB_OBJECT_CPU_RATE_CONTROL_ENABLE
                                                     | c.JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP),
                                 cpu_rate=max(1, round(options.cpu_rate * 100)))
-            port = c.CreateIoCompletionPort()
+            pump = _pump()
+            key = pump.register(self)
             try:
-                c.AssociateJobCompletionPort(job, port, key=job)
-            except OSError:
-                c.CloseHandle(port)
+                c.AssociateJobCompletionPort(job, pump.port, key=key)
+            except BaseException:
+                pump.unregister(key)
                 raise
         except BaseException as exc:
             c.CloseHandle(job)
@@ -384,7 +462,7 @@ class WindowsJob(JobBackend):
                 # No right to set up a job here (a sandbox, a restricted token): not available.
                 _errors.mark(exc, UnsupportedError)
             raise
-        self.handle, self.port = job, port
+        self.handle, self.port, self._key = job, pump.port, key
 
     # membership
     def execute_child(self, popen: "Popen", execute_child: types.FunctionType,
@@ -549,25 +627,11 @@ class WindowsJob(JobBackend):
                                  kernel_time=kernel / 1e7, peak_process_memory=peak_process,
                                  peak_job_memory=peak_job, read_bytes=read, write_bytes=write)
 
-    def give_back(self, event: JobEvent) -> None:
-        """An event read for a reader that is gone (a cancelled events_async): the next
-        next_event() returns it first."""
-        self._given_back.append(event)
-
-    def next_event(self, timeout: Optional[float]) -> Optional[JobEvent]:
-        if self._given_back:
-            try:
-                return self._given_back.popleft()
-            except IndexError:
-                pass  # another thread took it
-        ms = 0xFFFFFFFE if timeout is None else min(int(timeout * 1000), 0xFFFFFFFE)
-        message = c.GetQueuedCompletionStatus(cast(int, self.port), ms)
-        if message is None:
-            return None
-        msg, _key, value = message
+    def _deliver(self, msg: int, value: int) -> None:
+        """In the pump's thread: one message of this job's, as a JobEvent, filed."""
         kind = _EVENT_KINDS.get(msg)
-        if kind is None:
-            return None
+        if kind is None or self.handle is None:  # (closed meanwhile: nobody will read it)
+            return
         pid = value if msg in _PID_MESSAGES else None
         exit_code = None
         if msg == c.JOB_OBJECT_MSG_NEW_PROCESS and pid:
@@ -580,7 +644,54 @@ class WindowsJob(JobBackend):
                 # Died from an exception. Windows only posts ABNORMAL for codes on its own
                 # list (fast-fail 0xC0000409 arrives as a plain exit; Wine never posts it).
                 kind = EventKind.ABNORMAL_EXIT_PROCESS
-        return _records.JobEvent(kind, pid, exit_code, msg)
+        self._file(_records.JobEvent(kind, pid, exit_code, msg))
+
+    def _file(self, event: Optional[JobEvent], first: bool = False) -> None:
+        """Queue `event` (None: only wake the readers, the job is closing) and wake them."""
+        with self._events_ready:
+            if event is not None:
+                if len(self._events) == MAX_QUEUED_EVENTS:
+                    self._events_dropped += 1
+                if first:
+                    self._events.appendleft(event)
+                else:
+                    self._events.append(event)
+            notify, self._notify = self._notify, []
+            self._events_ready.notify_all()
+        for wake in notify:
+            wake()
+
+    def give_back(self, event: JobEvent) -> None:
+        """An event taken for a reader that is gone: the next next_event() returns it."""
+        self._file(event, first=True)
+
+    def next_event(self, timeout: Optional[float]) -> Optional[JobEvent]:
+        with self._events_ready:
+            if not self._events and timeout != 0 and self.handle is not None:
+                self._events_ready.wait(timeout)
+            event = self._events.popleft() if self._events else None
+            dropped, self._events_dropped = self._events_dropped, 0
+        if dropped:
+            logger.warning("%d job events were dropped: nobody read them while %d were queued "
+                           "(the oldest go first); read events() as they come, or not at all",
+                           dropped, MAX_QUEUED_EVENTS)
+        return event
+
+    def next_event_or_notify(self, wake: Any) -> Optional[JobEvent]:
+        """For the asyncio layer: the next event, or None and `wake()` is called (from the
+        pump's thread, once) when there may be one, or when the job closes."""
+        with self._events_ready:
+            if not self._events and self.handle is not None:
+                self._notify.append(wake)
+                return None
+        return self.next_event(0)
+
+    def cancel_notify(self, wake: Any) -> None:
+        with self._events_ready:
+            try:
+                self._notify.remove(wake)
+            except ValueError:
+                pass  # called already
 
     def wait(self, timeout: Optional[float]) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -660,9 +771,14 @@ class WindowsJob(JobBackend):
         for held in members.values():
             _winapi.CloseHandle(held)
 
+    def _stop_events(self) -> None:
+        _pump().unregister(self._key)
+        self._file(None)  # wake every reader: the job is gone
+
     def close(self) -> None:
-        handle, port = self.handle, self.port
+        handle = self.handle
         self.handle = self.port = None
+        self._stop_events()
         self._close_members()
         if handle is not None:
             if self.options.kill_on_close:
@@ -673,15 +789,12 @@ class WindowsJob(JobBackend):
                 except OSError:
                     pass
             c.CloseHandle(handle)
-        if port is not None:
-            c.CloseHandle(port)
 
     def detach(self) -> Optional[int]:
-        handle, port = self.handle, self.port
+        handle = self.handle
         self.handle = self.port = None
+        self._stop_events()
         self._close_members()
-        if port is not None:
-            c.CloseHandle(port)
         return handle
 
 

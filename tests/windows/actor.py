@@ -83,6 +83,8 @@ def role_owner(args):
     flags = int(args.creationflags, 0)
     members = []
     job = None
+    if args.mode == "asyncio":
+        return owner_asyncio(args)
     if args.mode == "job":
         job = pgjob.Job(kill_on_close=not args.no_kill_on_close)
         spawn = job.popen
@@ -111,6 +113,35 @@ def role_owner(args):
         # The crash: no atexit, no finally, no Python shutdown; the kernel closes our handles.
         _winapi.TerminateProcess(_winapi.GetCurrentProcess(), 3)
     hold_forever()
+
+
+def owner_asyncio(args):
+    """An asyncio program (the Proactor loop) that calls protect_children() while its loop
+    runs, then uses asyncio.to_thread, asyncio.create_subprocess_exec (the tree: a child and
+    its grandchild) and the Job's create_subprocess_exec (a sleeper), and dies as told."""
+    import asyncio
+
+    import pgjob
+
+    async def body():
+        assert await asyncio.to_thread(sum, [1, 2]) == 3
+        job = pgjob.protect_children()
+        assert await asyncio.to_thread(sum, [3, 4]) == 7
+        members = []
+        for create, role in ((asyncio.create_subprocess_exec, "tree"),
+                             (job.create_subprocess_exec, "sleeper")):
+            proc = await create(*child_command(role), stdout=asyncio.subprocess.PIPE)
+            line = json.loads(await proc.stdout.readline())
+            members += [line["pid"]] + ([line["grandchild"]] if "grandchild" in line else [])
+        report(role="owner", pid=os.getpid(), members=members, mechanism=job.mechanism,
+               in_job=[pgjob.in_job(p) for p in members])
+        command = (await asyncio.to_thread(sys.stdin.readline)).strip()
+        if command == "die":
+            import _winapi
+            _winapi.TerminateProcess(_winapi.GetCurrentProcess(), 3)
+        await asyncio.sleep(3600)
+
+    asyncio.run(body())
 
 
 def main():

@@ -12,6 +12,7 @@ import pytest
 import pgjob
 from pgjob import EventKind, _jobobject, _windows
 from conftest import actor_command
+from proc_helpers import wait_until
 
 PY = sys.executable
 
@@ -68,11 +69,24 @@ def test_member_handles_are_closed_with_the_job(reaper):
     current = _winapi.GetCurrentProcess()
     before = _jobobject.GetProcessHandleCount(current)
     job = pgjob.Job()
-    for _ in range(3):
-        assert job.popen([PY, "-c", "pass"]).wait(60) == 0
+    popens = [job.popen([PY, "-c", "import time; time.sleep(60)"]) for _ in range(3)]
     assert len(job._impl._members) == 3
     job.close()
+    for p in popens:
+        p.wait(60)
+        p._handle.Close()
     assert _jobobject.GetProcessHandleCount(current) <= before
+
+
+def test_an_exited_members_handle_goes_with_its_message_read_or_not(job):
+    """The event pump takes each message off the port as it comes: the exit message of a
+    member closes the handle held on it, though nobody reads the job's events."""
+    popens = [job.popen([PY, "-c", "pass"]) for _ in range(3)]
+    for p in popens:
+        assert p.wait(60) == 0
+    assert wait_until(lambda: not job._impl._members, timeout=10), job._impl._members
+    kinds = [e.kind for e in job.events(timeout=1)]
+    assert kinds.count(EventKind.EXIT_PROCESS) == 3, kinds
 
 
 def test_wait_does_not_spin_on_a_member_it_may_not_open(job, reaper, monkeypatch):
@@ -117,13 +131,13 @@ def test_wait_returns_when_a_held_member_exits(job, reaper, monkeypatch):
 
 
 def post(job, message, value):
-    """Put a job message on the job's own port, as the kernel would."""
+    """Put a job message on the job's port with its completion key, as the kernel would."""
     import ctypes
     from ctypes import wintypes
     post_status = ctypes.windll.kernel32.PostQueuedCompletionStatus
     post_status.argtypes = [wintypes.HANDLE, wintypes.DWORD, ctypes.c_size_t, ctypes.c_void_p]
     post_status.restype = wintypes.BOOL
-    assert post_status(job._impl.port, message, job._impl.handle, value)
+    assert post_status(job._impl.port, message, job._impl._key, value)
 
 
 def next_kernel_event(job):

@@ -58,6 +58,18 @@ def test_protect_children_plain_subprocess_tree_dies_with_owner(reaper):
     assert wait_gone(ready["members"]) == []
 
 
+@pytest.mark.parametrize("how", ["self", "outside"])
+def test_protect_children_in_an_asyncio_program_everything_dies_with_owner(reaper, how):
+    """protect_children() called from a running Proactor loop, then asyncio.to_thread and
+    both create_subprocess_exec calls: no survivor when the owner is killed."""
+    owner, ready = start_owner(reaper, "--mode", "asyncio")
+    assert ready["mechanism"] == "job_object"
+    assert len(ready["members"]) == 3 and ready["in_job"] == [True, True, True]
+    assert all(alive(m) for m in ready["members"])
+    die(owner, how)
+    assert wait_gone(ready["members"]) == []
+
+
 def test_suspended_child_never_resumed_dies_with_owner(reaper):
     owner, ready = start_owner(reaper, "--mode", "job", "--child", "sleeper",
                                "--creationflags", hex(CREATE_SUSPENDED))
