@@ -770,8 +770,8 @@ class CgroupJob(_LinuxJob):
         fd = self._events_fd
         if fd < 0:
             return bool(_cgroup.populated(self._dir))
-        os.lseek(fd, 0, os.SEEK_SET)
-        for line in os.read(fd, 4096).decode().splitlines():
+        # pread: a sync waiter and an await may read it at once; a shared offset would not do.
+        for line in os.pread(fd, 4096, 0).decode().splitlines():
             key, _, value = line.partition(" ")
             if key == "populated":
                 return value.strip() != "0"
