@@ -365,3 +365,19 @@ def test_an_asyncio_whose_transport_pgjob_does_not_know_is_refused(monkeypatch, 
 
     run(main())
     assert job.pids() == []
+
+
+def test_mechanism_none_starts_and_waits_without_a_kernel_object():
+    """mechanism "none" (what a Job falls back to where nothing is available): the same
+    calls work, with nothing to contain the tree; wait_async waits for the children it
+    started (off the loop, in the default executor), and there are no events."""
+    async def main():
+        async with pgjob.Job(mechanism="none") as job:
+            proc = await job.create_subprocess_exec(PY, "-c", "print('plain')", stdout=PIPE)
+            assert spawn_path(proc) == "plain"
+            out, _ = await proc.communicate()
+            assert await job.wait_async(timeout=scaled(10))
+            events = [e async for e in job.events_async(timeout=0.3)]
+            return out.strip(), events
+
+    assert run(main()) == (b"plain", [])
