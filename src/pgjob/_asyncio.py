@@ -219,8 +219,10 @@ async def wait_async(job: "Job", timeout: Optional[float]) -> bool:
             with job._use("wait") as impl:
                 if impl.wait(0):
                     return True
-                if _WINDOWS:
-                    watch = impl.watch_handles()  # type: ignore[attr-defined]
+                if _WINDOWS and hasattr(impl, "watch_handles"):
+                    watch = impl.watch_handles()
+                    if watch is None:
+                        continue  # one exited meanwhile: look again at once
                 elif hasattr(impl, "watch"):
                     watch = impl.watch()
         except JobClosedError:
@@ -233,9 +235,8 @@ async def wait_async(job: "Job", timeout: Optional[float]) -> bool:
             _close_watch(watch)
             return False
         try:
-            if _WINDOWS:
-                if watch is not None:
-                    await _until_one_exits(loop, watch, remaining)
+            if isinstance(watch, list):
+                await _until_one_exits(loop, watch, remaining)
             elif watch is not None:
                 await _until_readable(loop, watch.fileno(), remaining)
             else:
@@ -272,12 +273,19 @@ async def events_async(job: "Job", timeout: Optional[float]) -> AsyncIterator["J
         try:
             event = await (_next_event_windows(job, loop, remaining) if _WINDOWS
                            else _next_event_linux(job, loop, remaining))
+            if event is _NO_EVENTS:
+                await asyncio.sleep(0.25 if remaining is None else remaining)
+                event = None
         except JobClosedError:
             return
         if event is not None:
             yield event
         elif deadline is not None and loop.time() >= deadline:
             return
+
+
+# From a _next_event_*: this backend has no events at all (mechanism "none").
+_NO_EVENTS: "JobEvent" = object()  # type: ignore[assignment]
 
 
 async def _next_event_linux(job: "Job", loop: asyncio.AbstractEventLoop,
@@ -294,10 +302,8 @@ async def _next_event_linux(job: "Job", loop: asyncio.AbstractEventLoop,
             remaining = _remaining(loop, deadline)
             if remaining == 0.0:
                 return None
-            if watch is None:  # mechanism "none" has no events: only the time passes
-                await asyncio.sleep(0.25 if remaining is None else remaining)
-                if remaining is not None:
-                    return None
+            if watch is None:
+                return _NO_EVENTS
             else:
                 await _until_readable(loop, watch.fileno(), remaining)
         finally:
@@ -315,7 +321,9 @@ async def _next_event_windows(job: "Job", loop: asyncio.AbstractEventLoop,
             loop.call_soon_threadsafe(_resolve, future)
 
         with job._use("events") as impl:
-            event: Optional[JobEvent] = impl.next_event_or_notify(wake)  # type: ignore[attr-defined]
+            if not hasattr(impl, "next_event_or_notify"):
+                return _NO_EVENTS  # mechanism "none": nothing ever comes
+            event: Optional[JobEvent] = impl.next_event_or_notify(wake)
             if event is not None:
                 return event
         remaining = _remaining(loop, deadline)
