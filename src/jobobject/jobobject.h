@@ -6,6 +6,21 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
+
+/* PyMem_Calloc is outside the 3.9 limited API (setup.py builds against it, for one abi3
+ * wheel): `n` zeroed items of `size` bytes, or NULL with MemoryError set. */
+static inline void *
+pgjob_zeroed_array(Py_ssize_t n, size_t size)
+{
+    void *p = NULL;
+    if (n >= 0 && size != 0 && (size_t)n <= (size_t)PY_SSIZE_T_MAX / size)
+        p = PyMem_Malloc((size_t)n * size);
+    if (p == NULL)
+        return PyErr_NoMemory();
+    memset(p, 0, (size_t)n * size);
+    return p;
+}
 
 #ifdef MS_WINDOWS
 #  ifndef WIN32_LEAN_AND_MEAN
