@@ -55,6 +55,7 @@ def package_version():
 LIMITED_API = 0x03090000
 LIMITED_API_TAG = "cp39"
 USE_LIMITED_API = not sysconfig.get_config_var("Py_GIL_DISABLED")
+LIBC = platform.libc_ver()[0]
 
 
 def extension():
@@ -77,6 +78,12 @@ def extension():
     else:
         macros += [("_GNU_SOURCE", None)]
         extra_compile_args += ["-Wall", "-Wextra", "-Wformat=2", "-Wno-missing-field-initializers"]
+    extra_link_args = []
+    if platform == "linux" and LIBC == "glibc":
+        # Where the pthread calls live before glibc 2.34 (jobobject.h names their old
+        # versions). By its soname: since 2.34 it is a stub with no libpthread.so to link
+        # (-lpthread would take the empty libpthread.a), yet an old glibc needs it loaded.
+        extra_link_args += ["-Wl,--no-as-needed", "-l:libpthread.so.0"]
     return Extension(
         "pgjob._jobobject",
         sources=target_sources(platform),
@@ -84,6 +91,7 @@ def extension():
         define_macros=macros,
         libraries=libraries,
         extra_compile_args=extra_compile_args,
+        extra_link_args=extra_link_args,
         py_limited_api=USE_LIMITED_API,
     )
 
