@@ -109,15 +109,17 @@ class BuildExtAndHelper(build_ext):
             self.build_helper()
 
     def remove_other_inplace_builds(self):
-        """After an abi3 build in place, no version-specific build of a GIL CPython is left in
-        src/pgjob: the import system prefers that name (_jobobject.cpython-311-x86_64-linux-gnu.so)
-        to _jobobject.abi3.so, so a stale one would shadow the new build for its Python. The
-        free-threaded builds (cpython-313t-...) stay: abi3 does not serve them."""
+        """After an abi3 build in place, it is the only build of a GIL CPython left in
+        src/pgjob. The import system prefers a version-specific name
+        (_jobobject.cpython-311-x86_64-linux-gnu.so) to _jobobject.abi3.so, and Debian's
+        3.15 prefers _jobobject.abi3-x86_64-linux-gnu.so (what its setuptools names an abi3
+        build) to it too: a stale one would be the file tested. The free-threaded builds
+        (cpython-313t-...) stay: abi3 does not serve them."""
         if not USE_LIMITED_API:
             return
         built = os.path.abspath(self.get_ext_fullpath("pgjob._jobobject"))
-        for other in glob.glob(os.path.join(os.path.dirname(built), "_jobobject.cpython-*.so")):
-            if not re.search(r"\.cpython-\d+t-", other):
+        for other in glob.glob(os.path.join(os.path.dirname(built), "_jobobject.*.so")):
+            if os.path.abspath(other) != built and not re.search(r"\.cpython-\d+t-", other):
                 self.announce(f"removing {other}: {os.path.basename(built)} replaces it", level=3)
                 os.unlink(other)
 
