@@ -4,10 +4,12 @@ The convention is by file name: src/jobobject/common_*.c everywhere, plus win_*.
 linux_*.c on Linux, posix_*.c on other POSIX systems;
 scripts/build_windows_ext (the MinGW cross-build for the Wine harness) follows the same rule.
 """
+import glob
 import os
 import platform
 import re
 import sys
+import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -47,11 +49,22 @@ def package_version():
     raise SystemExit("setup.py: no version in pyproject.toml's [project] table")
 
 
+# The stable ABI (abi3) of CPython 3.9, on GIL builds: one cp39-abi3 wheel per platform for
+# every CPython from 3.9 on. A free-threaded build (3.13t...) has no stable ABI before 3.15's
+# abi3t, so there the extension stays version-specific (cpXYt).
+LIMITED_API = 0x03090000
+LIMITED_API_TAG = "cp39"
+USE_LIMITED_API = not sysconfig.get_config_var("Py_GIL_DISABLED")
+LIBC = platform.libc_ver()[0]
+
+
 def extension():
     platform = "linux" if sys.platform.startswith("linux") else sys.platform
     # Unquoted: the C code stringifies it (a quoted -D value is quoted differently by each
     # compiler driver).
     macros = [("PGJOB_VERSION", package_version())]
+    if USE_LIMITED_API:
+        macros += [("Py_LIMITED_API", hex(LIMITED_API))]
     libraries = []
     extra_compile_args = []
     if platform == "win32":
@@ -65,6 +78,12 @@ def extension():
     else:
         macros += [("_GNU_SOURCE", None)]
         extra_compile_args += ["-Wall", "-Wextra", "-Wformat=2", "-Wno-missing-field-initializers"]
+    extra_link_args = []
+    if platform == "linux" and LIBC == "glibc":
+        # Where the pthread calls live before glibc 2.34 (jobobject.h names their old
+        # versions). By its soname: since 2.34 it is a stub with no libpthread.so to link
+        # (-lpthread would take the empty libpthread.a), yet an old glibc needs it loaded.
+        extra_link_args += ["-Wl,--no-as-needed", "-l:libpthread.so.0"]
     return Extension(
         "pgjob._jobobject",
         sources=target_sources(platform),
@@ -72,6 +91,8 @@ def extension():
         define_macros=macros,
         libraries=libraries,
         extra_compile_args=extra_compile_args,
+        extra_link_args=extra_link_args,
+        py_limited_api=USE_LIMITED_API,
     )
 
 
@@ -82,8 +103,25 @@ class BuildExtAndHelper(build_ext):
 
     def run(self):
         super().run()
+        if self.inplace:
+            self.remove_other_inplace_builds()
         if sys.platform.startswith("linux"):
             self.build_helper()
+
+    def remove_other_inplace_builds(self):
+        """After an abi3 build in place, it is the only build of a GIL CPython left in
+        src/pgjob. The import system prefers a version-specific name
+        (_jobobject.cpython-311-x86_64-linux-gnu.so) to _jobobject.abi3.so, and Debian's
+        3.15 prefers _jobobject.abi3-x86_64-linux-gnu.so (what its setuptools names an abi3
+        build) to it too: a stale one would be the file tested. The free-threaded builds
+        (cpython-313t-...) stay: abi3 does not serve them."""
+        if not USE_LIMITED_API:
+            return
+        built = os.path.abspath(self.get_ext_fullpath("pgjob._jobobject"))
+        for other in glob.glob(os.path.join(os.path.dirname(built), "_jobobject.*.so")):
+            if os.path.abspath(other) != built and not re.search(r"\.cpython-\d+t-", other):
+                self.announce(f"removing {other}: {os.path.basename(built)} replaces it", level=3)
+                os.unlink(other)
 
     def helper_path(self):
         if self.inplace:
@@ -144,4 +182,5 @@ class BuildExtAndHelper(build_ext):
 
 
 if __name__ == "__main__":
-    setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtAndHelper})
+    options = {"bdist_wheel": {"py_limited_api": LIMITED_API_TAG}} if USE_LIMITED_API else {}
+    setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtAndHelper}, options=options)

@@ -124,6 +124,15 @@ jobobject_exec(PyObject *module)
         return -1;
     if (PyModule_AddStringConstant(module, "VERSION", PGJOB_STRINGIFY(PGJOB_VERSION)) < 0)
         return -1;
+#ifdef Py_LIMITED_API
+    /* The stable ABI this build targets (0x03090000 in an abi3 wheel), else 0: tests check
+     * that the file a Python imported is the build they meant to test. */
+    if (PyModule_AddIntConstant(module, "LIMITED_API", Py_LIMITED_API) < 0)
+        return -1;
+#else
+    if (PyModule_AddIntConstant(module, "LIMITED_API", 0) < 0)
+        return -1;
+#endif
 #ifdef MS_WINDOWS
     if (PyModule_AddStringConstant(module, "PLATFORM", "windows") < 0)
         return -1;
@@ -200,8 +209,10 @@ jobobject_exec(PyObject *module)
 
 static PyModuleDef_Slot jobobject_slots[] = {
     {Py_mod_exec, (void *)jobobject_exec},
-#if PY_VERSION_HEX >= 0x030C0000
-    /* No module-level mutable state: each interpreter can load its own copy. */
+#if PY_VERSION_HEX >= 0x030C0000 && (!defined(Py_LIMITED_API) || Py_LIMITED_API + 0 >= 0x030C0000)
+    /* No module-level mutable state: each interpreter can load its own copy. (Not in the
+     * abi3 build: the 3.9 limited API has no such slot, so there the module loads only into
+     * subinterpreters that share the main GIL; docs/packaging.md.) */
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
     /* No Py_mod_gil slot: no free-threaded interpreter has ever run pgjob's suite, so a

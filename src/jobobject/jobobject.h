@@ -6,6 +6,21 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
+
+/* PyMem_Calloc is outside the 3.9 limited API (setup.py builds against it, for one abi3
+ * wheel): `n` zeroed items of `size` bytes, or NULL with MemoryError set. */
+static inline void *
+pgjob_zeroed_array(Py_ssize_t n, size_t size)
+{
+    void *p = NULL;
+    if (n >= 0 && size != 0 && (size_t)n <= (size_t)PY_SSIZE_T_MAX / size)
+        p = PyMem_Malloc((size_t)n * size);
+    if (p == NULL)
+        return PyErr_NoMemory();
+    memset(p, 0, (size_t)n * size);
+    return p;
+}
 
 #ifdef MS_WINDOWS
 #  ifndef WIN32_LEAN_AND_MEAN
@@ -94,10 +109,29 @@ PyObject *win_ResumeThread(PyObject *self, PyObject *args);
 #ifdef __linux__
 /* ---- linux_*.c: a job's PID namespace, its init, and spawning into it ---- */
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+/* The pthread calls at their oldest glibc versions, not the ones glibc 2.32/2.34 gave them
+ * when it moved libpthread into libc: built here (Debian 12, glibc 2.36), the abi3 wheel's
+ * extension then needs nothing newer than GLIBC_2.28 (fcntl64) and auditwheel tags it
+ * manylinux_2_28. glibc 2.34 and later keep these versions in libc.so.6; older ones have
+ * them in libpthread.so.0, which setup.py links explicitly for that reason. */
+#if defined(__GLIBC__) && (defined(__x86_64__) || defined(__aarch64__))
+#  if defined(__x86_64__)
+#    define PGJOB_GLIBC_BASE "GLIBC_2.2.5"
+#  else
+#    define PGJOB_GLIBC_BASE "GLIBC_2.17"
+#  endif
+__asm__(".symver pthread_once,pthread_once@" PGJOB_GLIBC_BASE);
+__asm__(".symver pthread_key_create,pthread_key_create@" PGJOB_GLIBC_BASE);
+__asm__(".symver pthread_getspecific,pthread_getspecific@" PGJOB_GLIBC_BASE);
+__asm__(".symver pthread_setspecific,pthread_setspecific@" PGJOB_GLIBC_BASE);
+__asm__(".symver pthread_sigmask,pthread_sigmask@" PGJOB_GLIBC_BASE);
+#endif
 
 /* The init is pgjob-helper's `init` mode: its protocol's numbers are in src/helper/helper.h. */
 #include "helper.h"

@@ -162,7 +162,10 @@ linux_start_init(PyObject *self, PyObject *args, PyObject *kwargs)
     snprintf(on_eof_text, sizeof(on_eof_text), "%d", on_eof);
     snprintf(arm_text, sizeof(arm_text), "%d", arm_pdeathsig ? 1 : 0);
     memset(&x, 0, sizeof(x));
-    x.path = PyBytes_AS_STRING(path_obj);
+    if ((x.path = PyBytes_AsString(path_obj)) == NULL) { /* (FSConverter made it bytes) */
+        Py_DECREF(path_obj);
+        return NULL;
+    }
     argv[0] = (char *)x.path;
     argv[1] = "init";
     argv[2] = on_owner_exit_text;

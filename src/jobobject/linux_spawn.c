@@ -617,28 +617,34 @@ bytes_array(PyObject *seq, const char *what, PyObject **keep)
     PyObject *snapshot = PySequence_Tuple(seq);
     if (snapshot == NULL)
         return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(snapshot);
-    PyObject *owned = PyTuple_New(n);
-    char **array = PyMem_Calloc((size_t)n + 1, sizeof(char *));
-    if (owned == NULL || array == NULL) {
-        if (array == NULL)
-            PyErr_NoMemory();
+    Py_ssize_t n = PyTuple_Size(snapshot);
+    PyObject *owned = n < 0 ? NULL : PyTuple_New(n);
+    char **array = owned == NULL ? NULL : pgjob_zeroed_array(n + 1, sizeof(char *));
+    if (array == NULL)
         goto fail;
-    }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyTuple_GET_ITEM(snapshot, i), *converted = NULL;
+        /* The limited API's checked calls, where the macros could not fail: on our own
+         * exact tuples and bytes objects they don't either, but a NULL is handled anyway. */
+        PyObject *item = PyTuple_GetItem(snapshot, i), *converted = NULL;
+        if (item == NULL)
+            goto fail;
         if (PyBytes_CheckExact(item)) {
             Py_INCREF(item);
             converted = item;
         } else if (!PyUnicode_FSConverter(item, &converted)) {
             goto fail;
         }
-        PyTuple_SET_ITEM(owned, i, converted);
-        if ((size_t)PyBytes_GET_SIZE(converted) != strlen(PyBytes_AS_STRING(converted))) {
+        if (PyTuple_SetItem(owned, i, converted) < 0) /* (steals `converted` even then) */
+            goto fail;
+        char *bytes = PyBytes_AsString(converted);
+        Py_ssize_t size = PyBytes_Size(converted);
+        if (bytes == NULL || size < 0)
+            goto fail;
+        if ((size_t)size != strlen(bytes)) {
             PyErr_SetString(PyExc_ValueError, "embedded null byte");
             goto fail;
         }
-        array[i] = PyBytes_AS_STRING(converted);
+        array[i] = bytes;
     }
     Py_DECREF(snapshot);
     *keep = owned;
@@ -659,15 +665,17 @@ fds_to_keep_array(PyObject *seq, int **out, Py_ssize_t *n_out)
         PyErr_SetString(PyExc_TypeError, "fds_to_keep must be a tuple");
         return -1;
     }
-    Py_ssize_t n = PyTuple_GET_SIZE(seq);
-    int *array = PyMem_Calloc((size_t)n + 1, sizeof(int));
-    if (array == NULL) {
-        PyErr_NoMemory();
+    Py_ssize_t n = PyTuple_Size(seq);
+    int *array = n < 0 ? NULL : pgjob_zeroed_array(n + 1, sizeof(int));
+    if (array == NULL)
         return -1;
-    }
     long prev = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyTuple_GET_ITEM(seq, i);
+        PyObject *item = PyTuple_GetItem(seq, i);
+        if (item == NULL) {
+            PyMem_Free(array);
+            return -1;
+        }
         long v = PyLong_Check(item) ? PyLong_AsLong(item) : -1;
         if (v == -1 && PyErr_Occurred())
             PyErr_Clear(); /* too large for a long: a bad value like the others */
@@ -724,15 +732,17 @@ gid_array(PyObject *seq, Py_ssize_t *n_out)
     PyObject *fast = PySequence_Tuple(seq); /* our own copy, as in bytes_array */
     if (fast == NULL)
         return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(fast);
-    gid_t *array = PyMem_Calloc((size_t)n + 1, sizeof(gid_t));
+    Py_ssize_t n = PyTuple_Size(fast);
+    gid_t *array = n < 0 ? NULL : pgjob_zeroed_array(n + 1, sizeof(gid_t));
     if (array == NULL) {
         Py_DECREF(fast);
-        PyErr_NoMemory();
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        long long v = PyLong_AsLongLong(PyTuple_GET_ITEM(fast, i));
+        PyObject *item = PyTuple_GetItem(fast, i);
+        if (item == NULL)
+            goto fail;
+        long long v = PyLong_AsLongLong(item);
         if (v == -1 && PyErr_Occurred()) {
             if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
                 PyErr_Clear();
@@ -827,7 +837,8 @@ linux_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
         /* str, bytes or os.PathLike, as _posixsubprocess takes it (it rejects a null byte) */
         if (!PyUnicode_FSConverter(cwd_obj, &cwd_keep))
             goto done;
-        c.cwd = PyBytes_AS_STRING(cwd_keep);
+        if ((c.cwd = PyBytes_AsString(cwd_keep)) == NULL)
+            goto done;
     }
     if (fds_to_keep_array(keep_obj, &keep, &c.n_fds_to_keep) < 0)
         goto done;

@@ -284,7 +284,10 @@ win_QueryJobProcessIdList(PyObject *self, PyObject *args)
             Py_CLEAR(result);
             break;
         }
-        PyList_SET_ITEM(result, i, pid);
+        if (PyList_SetItem(result, i, pid) < 0) { /* (steals `pid` even then) */
+            Py_CLEAR(result);
+            break;
+        }
     }
     PyMem_Free(list);
     return result;

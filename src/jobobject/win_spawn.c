@@ -164,7 +164,7 @@ optional_wide(PyObject *obj, const char *what, int allow_nul, wchar_t **out)
 static void
 mark_job_list_failure(void)
 {
-#if PY_VERSION_HEX >= 0x030C0000
+#if PY_VERSION_HEX >= 0x030C0000 && (!defined(Py_LIMITED_API) || Py_LIMITED_API + 0 >= 0x030C0000)
     PyObject *exc = PyErr_GetRaisedException();
     if (exc != NULL && PyObject_SetAttrString(exc, "job_list", Py_True) < 0) {
         Py_DECREF(exc);

@@ -10,6 +10,7 @@ _StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 TRACE: int
 PLATFORM: str  # "windows", "linux" or "other"
 VERSION: str  # the package version it was built for: pgjob/__init__.py checks it
+LIMITED_API: int  # the stable ABI it was built for (0x03090000: abi3), or 0
 
 if sys.platform == "win32":
     # win_job.c

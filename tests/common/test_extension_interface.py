@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -61,6 +62,33 @@ def test_extension_is_built_for_this_version():
         with open(PYPROJECT, encoding="utf-8") as f:
             declared = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.M)
         assert declared is not None and declared.group(1) == pgjob.__version__
+
+
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+@pytest.mark.skipif(FREE_THREADED, reason="a free-threaded build has no stable ABI: cpXYt")
+def test_the_extension_is_the_abi3_build():
+    """setup.py builds against the 3.9 limited API on every GIL CPython, for one cp39-abi3
+    wheel per platform: the module says so itself, and its file has the abi3 name."""
+    assert _jobobject.LIMITED_API == 0x03090000
+    name = os.path.basename(_jobobject.__file__)
+    if sys.platform == "win32":
+        assert name == "_jobobject.pyd"
+    else:
+        # (Debian's newer setuptools name it _jobobject.abi3-x86_64-linux-gnu.so)
+        assert re.fullmatch(r"_jobobject\.abi3(-[A-Za-z0-9_]+-[a-z]+-[a-z0-9]+)?\.so", name), name
+
+
+def test_no_other_build_of_the_extension_could_be_imported_instead():
+    """The import system prefers a version-specific name (_jobobject.cpython-311-...so,
+    .cp311-win_amd64.pyd) to the abi3 one: a stale build left beside the new one would be
+    the file tested. None of this Python's other suffixes names a file in the package."""
+    import importlib.machinery
+    loaded = os.path.basename(_jobobject.__file__)
+    shadows = [f"_jobobject{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    present = [n for n in shadows if n != loaded and os.path.exists(os.path.join(PACKAGE_DIR, n))]
+    assert not present, f"{loaded} imported, but {present} are there too"
 
 
 def test_an_extension_of_another_version_is_refused_at_import():

@@ -2,6 +2,7 @@
 clone3(CLONE_INTO_CGROUP): what the kernel received, read back from /proc."""
 import errno
 import os
+import platform
 import subprocess
 import uuid
 
@@ -435,6 +436,19 @@ def test_the_version_reader_sees_what_a_dynamic_file_needs():
 def test_the_built_helper_needs_no_glibc_newer_than_2_17():
     needed = glibc_versions_needed(_linux_helpers.helper_path())
     assert all(v <= GLIBC_FLOOR for v in needed), sorted(needed)
+
+
+EXTENSION_GLIBC_FLOOR = (2, 28)  # manylinux_2_28: the policy build_dist's wheel claims
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64")
+                    or platform.libc_ver()[0] != "glibc",
+                    reason="jobobject.h pins the pthread calls' versions on x86_64/aarch64 glibc")
+def test_the_built_extension_needs_no_glibc_newer_than_2_28():
+    """Built on this machine's glibc, the extension still names the pthread calls' old
+    versions (jobobject.h), not 2.32/2.34's, and loads libpthread.so.0 where they lived."""
+    needed = glibc_versions_needed(c.__file__)
+    assert all(v <= EXTENSION_GLIBC_FLOOR for v in needed), sorted(needed)
 
 
 def test_the_helper_refuses_a_wrong_command_line():

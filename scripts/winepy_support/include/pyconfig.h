@@ -37,7 +37,9 @@
 
 /* Py_ssize_t is 64-bit on Win64 (PC/pyconfig.h: typedef __int64 Py_ssize_t). */
 typedef long long Py_ssize_t;
-#define PY_SSIZE_T_MAX LLONG_MAX
+#if PY_VERSION_HEX >= 0x030B0000   /* (3.9's pyport.h defines it itself, the same value) */
+#  define PY_SSIZE_T_MAX LLONG_MAX
+#endif
 #define HAVE_PY_SSIZE_T 1
 
 #define PY_LONG_LONG long long
