@@ -207,12 +207,26 @@ elif sys.platform.startswith("linux"):
     from ._procfs import _running  # running, not a zombie: what the Linux backend counts
 
     def _describe(pid: int) -> str:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().rstrip(b"\0").split(b"\0")
-        except OSError:
-            return f"pid {pid} (gone)"
-        return f"pid {pid}: " + " ".join(os.fsdecode(a) for a in argv)
+        # A process caught in execve (subprocess.Popen returns once close-on-exec has run,
+        # before the kernel has set up the new program's arguments) reads as an empty
+        # cmdline for a moment: look again, briefly, then name it by its comm.
+        deadline = time.monotonic() + 0.5
+        while True:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    data = f.read()
+            except OSError:
+                return f"pid {pid} (gone)"
+            if data or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        if not data:
+            try:
+                with open(f"/proc/{pid}/comm", "rb") as f:
+                    return f"pid {pid}: [{os.fsdecode(f.read().strip())}]"
+            except OSError:
+                return f"pid {pid} (gone)"
+        return f"pid {pid}: " + " ".join(os.fsdecode(a) for a in data.rstrip(b"\0").split(b"\0"))
 
     def _kill(pid: int) -> None:
         # A pidfd: the process itself, whatever reuses its pid meanwhile. (A killed child of
