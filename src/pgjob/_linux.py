@@ -570,17 +570,14 @@ class PdeathsigJob(_LinuxJob):
         """Descendants of members that exited but are not reaped yet (zombies: their pid
         can't have been reused). Once Popen reaps one, its children are reparented away and
         out of our sight: the documented limit of this mechanism."""
-        with self._lock:
-            exited = list(self._exited)
-        zombies = [pid for pid in exited if (_stat_fields(pid) or [b""])[0] == b"Z"]
-        with self._lock:  # reaped ones are out of sight for good: forget them
-            self._exited = [pid for pid in self._exited if pid in zombies]
-        return bool(zombies) and len(_descendants(zombies)) > len(zombies)
+        return bool(self._other_pids())
 
     def _other_pids(self) -> list[int]:
         with self._lock:
             exited = list(self._exited)
         zombies = [pid for pid in exited if (_stat_fields(pid) or [b""])[0] == b"Z"]
+        with self._lock:  # reaped ones are out of sight for good: forget them
+            self._exited = [pid for pid in self._exited if pid in zombies]
         return [pid for pid in _descendants(zombies) if pid not in zombies] if zombies else []
 
     def terminate(self, exit_code: int) -> None:
