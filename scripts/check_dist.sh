@@ -76,34 +76,8 @@ mkdir -p "$work/run" && cp -r "$work/src/tests" "$work/src/examples" "$work/src/
 # give them the wheel's installed package there, so they too run what the wheel installed.
 mkdir -p "$work/run/src"
 cp -r "$("$vw" -c 'import os, pgjob; print(os.path.dirname(pgjob.__file__))')" "$work/run/src/pgjob"
-(
-    cd "$work/run"
-    unset PYTHONPATH
-    "$vw" -c "import pgjob, sys; assert '/venv-wheel/' in pgjob.__file__, pgjob.__file__; print('check_dist: testing', pgjob.__file__)"
-    "$work/venv-wheel/bin/pgjob" --version
-    # The installed init: a Job's PID 1 is the wheel's own pgjob-helper, and it works.
-    "$vw" - <<'PY'
-import os, sys, time
-if sys.platform.startswith("linux"):
-    import pgjob
-    from pgjob import _linux_helpers
-    helper = _linux_helpers.helper_path()
-    assert "/venv-wheel/" in helper and os.access(helper, os.X_OK), helper
-    with pgjob.Job(mechanism="pid_namespace", on_unavailable="raise") as job:
-        # Job() returns from inside the init's execve: give it a moment to switch programs.
-        deadline = time.monotonic() + 10
-        while os.readlink(f"/proc/{job._impl._init.pid}/exe") != helper:
-            assert time.monotonic() < deadline, os.readlink(f"/proc/{job._impl._init.pid}/exe")
-            time.sleep(0.01)
-        assert job.popen(["sh", "-c", "exit 5"]).wait(30) == 5
-    print("check_dist: the wheel's init works:", helper)
-PY
-    "$vw" -m pytest tests -q -p no:cacheprovider -ra -m "not stress"
-    # A user's view: mypy --strict on their program against the installed package, no config.
-    "$work/venv-wheel/bin/mypy" --strict --no-incremental --config-file /dev/null examples/typed_usage.py
-)
-
-# The init check, for any installed copy: a Job's PID 1 is the installed pgjob-helper.
+# The init check, for every installed copy (the wheel's and the sdist's venvs, each other
+# Python's --target install): a Job's PID 1 is that copy's pgjob-helper, and it works.
 cat >"$work/run/init_check.py" <<'PY'
 import os, sys, time
 import pgjob
@@ -113,13 +87,26 @@ where = sys.argv[1]
 assert where in pgjob.__file__ and where in helper and os.access(helper, os.X_OK), (pgjob.__file__, helper)
 assert os.path.basename(_jobobject.__file__) == "_jobobject.abi3.so", _jobobject.__file__
 with pgjob.Job(mechanism="pid_namespace", on_unavailable="raise") as job:
+    # Job() returns from inside the init's execve: give it a moment to switch programs.
     deadline = time.monotonic() + 10
     while os.readlink(f"/proc/{job._impl._init.pid}/exe") != helper:
         assert time.monotonic() < deadline, os.readlink(f"/proc/{job._impl._init.pid}/exe")
         time.sleep(0.01)
     assert job.popen(["sh", "-c", "exit 5"]).wait(30) == 5
-print(f"check_dist: Python {sys.version.split()[0]}: the installed wheel's init works:", helper)
+print(f"check_dist: Python {sys.version.split()[0]}: the installed init works:", helper)
 PY
+(
+    cd "$work/run"
+    unset PYTHONPATH
+    "$vw" -c "import pgjob, sys; assert '/venv-wheel/' in pgjob.__file__, pgjob.__file__; print('check_dist: testing', pgjob.__file__)"
+    "$work/venv-wheel/bin/pgjob" --version
+    # The installed init: a Job's PID 1 is the wheel's own pgjob-helper, and it works.
+    "$vw" init_check.py /venv-wheel/
+    "$vw" -m pytest tests -q -p no:cacheprovider -ra -m "not stress"
+    # A user's view: mypy --strict on their program against the installed package, no config.
+    "$work/venv-wheel/bin/mypy" --strict --no-incremental --config-file /dev/null examples/typed_usage.py
+)
+
 subset=(tests/common tests/cli -q -p no:cacheprovider -ra -m "not stress")
 for entry in ${PGJOB_DIST_PYTHONS:-}; do
     ver=${entry%%=*} py=${entry#*=}
@@ -152,21 +139,7 @@ vs="$work/venv-sdist/bin/python"
     unset PYTHONPATH
     "$work/venv-sdist/bin/pgjob" --version
     # The sdist's build made pgjob-helper too, and the init runs it.
-    "$vs" - <<'PY'
-import os, sys, time
-if sys.platform.startswith("linux"):
-    import pgjob
-    from pgjob import _linux_helpers
-    helper = _linux_helpers.helper_path()
-    assert "/venv-sdist/" in helper, helper
-    with pgjob.Job(mechanism="pid_namespace", on_unavailable="raise") as job:
-        # Job() returns from inside the init's execve: give it a moment to switch programs.
-        deadline = time.monotonic() + 10
-        while os.readlink(f"/proc/{job._impl._init.pid}/exe") != helper:
-            assert time.monotonic() < deadline, os.readlink(f"/proc/{job._impl._init.pid}/exe")
-            time.sleep(0.01)
-    print("check_dist: the sdist built", helper)
-PY
+    "$vs" init_check.py /venv-sdist/
     set +e
     "$work/venv-sdist/bin/pgjob" run -v -- "$vs" -c "import pgjob, sys; print('mechanism', pgjob.Job().mechanism); sys.exit(7)"
     status=$?
