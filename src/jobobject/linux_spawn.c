@@ -448,6 +448,104 @@ fail:
     _exit(1);
 }
 
+/* Where this thread's children go back to after a spawn in a job's namespace: its own
+ * pid_for_children, opened at its first such spawn and kept (close-on-exec, above 2) until
+ * the thread exits. Opening /proc/thread-self/ns/pid_for_children is a path walk through
+ * procfs, a third of what entering a namespace adds to a spawn. A program may have closed
+ * the descriptor since (a daemon closing every fd), and its number may now be another
+ * file's: each use checks, with fstat, that it still is that namespace, and opens it again
+ * if not (it never closes a number it no longer owns). A thread that changes its own
+ * pid_for_children between two spawns (unshare or setns with CLONE_NEWPID, which also
+ * stops it from starting threads) gets back the one it had at its first. */
+struct back_ns {
+    int fd;
+    dev_t dev;
+    ino_t ino;
+};
+
+static pthread_key_t back_key;
+static pthread_once_t back_once = PTHREAD_ONCE_INIT;
+static int back_key_ok;
+
+static void
+close_back_ns(void *arg)
+{
+    struct back_ns *b = arg;
+    if (b->fd >= 0)
+        close(b->fd);
+    free(b);
+}
+
+static void
+create_back_key(void)
+{
+    back_key_ok = pthread_key_create(&back_key, close_back_ns) == 0;
+}
+
+/* fstat without glibc's fstat, which is fstat@GLIBC_2.33 when built against 2.33 or later
+ * (the extension stays manylinux_2_28, jobobject.h). On x86_64 and aarch64 the kernel's
+ * struct stat is glibc's; only st_dev and st_ino are read. */
+static int
+raw_fstat(int fd, struct stat *st)
+{
+#ifdef SYS_fstat
+    return (int)syscall(SYS_fstat, fd, st);
+#else
+    return (int)syscall(SYS_newfstatat, fd, "", st, AT_EMPTY_PATH);
+#endif
+}
+
+/* The thread's cached descriptor (or -1 with errno set, and *failed). */
+static int
+thread_back_ns(const char **failed)
+{
+    struct back_ns *b;
+    struct stat st;
+
+    pthread_once(&back_once, create_back_key);
+    if (!back_key_ok) {
+        *failed = "pthread_key_create";
+        errno = EAGAIN;
+        return -1;
+    }
+    b = pthread_getspecific(back_key);
+    if (b == NULL) {
+        if ((b = malloc(sizeof(*b))) == NULL) {
+            *failed = "malloc";
+            errno = ENOMEM;
+            return -1;
+        }
+        b->fd = -1;
+        if ((errno = pthread_setspecific(back_key, b)) != 0) {
+            free(b);
+            *failed = "pthread_setspecific";
+            return -1;
+        }
+    }
+    if (b->fd >= 0 && raw_fstat(b->fd, &st) == 0 && st.st_dev == b->dev && st.st_ino == b->ino)
+        return b->fd;
+    b->fd = -1; /* closed behind our back, or the number is someone else's now: let it be */
+    /* Above 2: the program's dup2 onto 0-2 happen in its own copy of the table, but it must
+     * not inherit this descriptor as its stdin/stdout/stderr either. */
+    int fd = pgjob_fd_above_stdio(open("/proc/thread-self/ns/pid_for_children",
+                                       O_RDONLY | O_CLOEXEC));
+    if (fd < 0) {
+        *failed = "open /proc/thread-self/ns/pid_for_children";
+        return -1;
+    }
+    if (raw_fstat(fd, &st) < 0) {
+        int saved = errno;
+        close(fd);
+        *failed = "fstat /proc/thread-self/ns/pid_for_children";
+        errno = saved;
+        return -1;
+    }
+    b->fd = fd;
+    b->dev = st.st_dev;
+    b->ino = st.st_ino;
+    return fd;
+}
+
 /* With CAP_SYS_ADMIN in our own user namespace (root, or after protect_children()'s
  * unshare), no helper is needed: this thread points its children at the job's namespace,
  * clones the program as a direct child, and points them back where they were, which the
@@ -457,20 +555,12 @@ static pid_t
 spawn_in_namespace_here(struct spawn_config *c, int *pidfd, const char **failed)
 {
     pid_t pid;
-    int saved, back = open("/proc/thread-self/ns/pid_for_children", O_RDONLY | O_CLOEXEC);
+    int saved, back = thread_back_ns(failed);
 
-    /* Above 2: the program's dup2 onto 0-2 happen in its own copy of the table, but it must
-     * not inherit this descriptor as its stdin/stdout/stderr either. */
-    back = pgjob_fd_above_stdio(back);
-    if (back < 0) {
-        *failed = "open /proc/thread-self/ns/pid_for_children";
+    if (back < 0)
         return -1;
-    }
     if (setns(c->pidns_fd, CLONE_NEWPID) < 0) {
         *failed = "setns(CLONE_NEWPID)";
-        saved = errno;
-        close(back);
-        errno = saved;
         return -1;
     }
     pid = clone_vfork(c, pidfd, failed);
@@ -488,7 +578,6 @@ spawn_in_namespace_here(struct spawn_config *c, int *pidfd, const char **failed)
         }
         pid = -1;
     }
-    close(back);
     errno = saved;
     return pid;
 }

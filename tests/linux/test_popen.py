@@ -238,11 +238,57 @@ def test_spawn_from_threads(job):
 
 
 def test_a_long_lived_job_does_not_hold_a_descriptor_per_process(job):
+    # (After a first spawn: as root the spawning thread keeps one descriptor of its own,
+    # the namespace its children go back to, for its whole life.)
+    assert job.popen(["true"]).wait(10) == 0
     fds_before = len(_open_fds())
     for _ in range(50):
         assert job.popen(["true"]).wait(10) == 0
     # Each spawn lets go of the pidfds of members that have exited: one is left at most.
     assert len(_open_fds()) <= fds_before + 1
+
+
+def _child_namespace_depth(**kwargs):
+    """How many PID namespaces deep a plain subprocess child of this thread is (NSpid)."""
+    plain = subprocess.Popen(["grep", "NSpid:", "/proc/self/status"], stdout=subprocess.PIPE, **kwargs)
+    return len(plain.communicate(timeout=10)[0].split()) - 1
+
+
+def _own_namespace_depth():
+    with open("/proc/self/status", "rb") as f:
+        return len([line for line in f if line.startswith(b"NSpid:")][0].split()) - 1
+
+
+def test_the_way_back_survives_a_program_that_closes_and_reuses_its_number(job_factory, tmp_path):
+    """As root a spawning thread keeps a descriptor of its own pid_for_children, to point
+    its children back there after each spawn in a job's namespace. A program may close it
+    (a daemon closing every descriptor) and get its number back for another file: the next
+    spawn must still go to the job, the thread's next plain child to our own namespace, and
+    the program's file must be left as it is."""
+    job = job_factory(mechanism="pid_namespace", on_unavailable="raise")
+    if job._impl._init.userns_fd >= 0:
+        pytest.skip("unprivileged: a helper process enters the namespace, this thread never does")
+    own_ns = os.readlink("/proc/self/ns/pid")
+    assert job.popen(["true"]).wait(10) == 0
+    kept = [fd for fd, target in _open_fds().items() if target == own_ns]
+    assert len(kept) == 1, _open_fds()
+    number = int(kept[0])
+    os.close(number)
+    other = tmp_path / "program-file"
+    other.write_bytes(b"the program's")
+    fd = os.open(other, os.O_RDONLY)
+    try:
+        if fd != number:
+            os.dup2(fd, number)
+            os.close(fd)
+        p = job.popen(["grep", "NSpid:", "/proc/self/status"], stdout=subprocess.PIPE)
+        assert len(p.communicate(timeout=10)[0].split()) - 1 == _own_namespace_depth() + 1
+        assert _child_namespace_depth() == _own_namespace_depth()
+        assert os.readlink(f"/proc/self/fd/{number}") == str(other)
+        assert os.pread(number, 100, 0) == b"the program's"
+        assert [t for t in _open_fds().values() if t == own_ns], "no way back was opened again"
+    finally:
+        os.close(number)
 
 
 def test_pgjob_popen_without_job_owns_a_private_job():
@@ -265,11 +311,7 @@ def test_plain_children_of_the_spawning_thread_stay_outside_the_job(job):
     """Entering the job's namespace for a spawn must not leak into this thread's later
     children (pid_namespace as root: the thread points its children back afterwards)."""
     assert job.popen(["true"]).wait(10) == 0
-    plain = subprocess.Popen(["grep", "NSpid:", "/proc/self/status"], stdout=subprocess.PIPE)
-    nspid = plain.communicate(timeout=10)[0].split()[1:]
-    with open("/proc/self/status", "rb") as f:
-        own_depth = len([line for line in f if line.startswith(b"NSpid:")][0].split()) - 1
-    assert len(nspid) == own_depth
+    assert _child_namespace_depth() == _own_namespace_depth()
     assert not job.contains(os.getpid())
 
 
