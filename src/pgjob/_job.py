@@ -7,6 +7,7 @@ The OS work is delegated to exactly one backend module, chosen once at import.
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import numbers
 import os
@@ -535,8 +536,15 @@ class Job:
 
     def _execute_child(self, popen: "Popen", execute_child: types.FunctionType,
                        args: tuple[Any, ...]) -> None:
-        with self._use("spawn", spawning=True) as impl:
+        # _use("spawn", spawning=True), spelled out: a spawn is the hot path.
+        impl = self._borrow("spawn")
+        try:
             impl.execute_child(popen, execute_child, args)
+        except BaseException as exc:
+            self._classify_failure(impl, exc, True)
+            raise
+        finally:
+            self._give_back(impl)
         if popen.spawn_path is None and getattr(popen, "_child_created", False):
             # The backend's hook sets spawn_path when it creates the process. A child made
             # without it is not a member: a wrapper around Popen._execute_child (a profiler,
@@ -550,8 +558,9 @@ class Job:
                 "and has been killed: subprocess.Popen._execute_child is a wrapper (defined at "
                 f"{where}) that calls another function; pgjob can put a child in a job only "
                 "through subprocess's own _execute_child")
-        logger.debug("spawned pid %s in the job (%s)", popen.pid,
-                     getattr(popen, "spawn_path", None) or self._mechanism)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("spawned pid %s in the job (%s)", popen.pid,
+                         popen.spawn_path or self._mechanism)
 
 
 def _kill_escaped(popen: "Popen") -> None:
@@ -603,7 +612,8 @@ class Popen(subprocess.Popen[Any]):
     def __init__(self, *args: Any, job: Optional[Job] = None, **kwargs: Any) -> None:
         if job is not None and not isinstance(job, Job):
             raise TypeError(f"job must be a pgjob.Job, not {type(job).__name__}")
-        _sweep_dropped_popens()
+        if _DROPPED_POPENS:
+            _sweep_dropped_popens()
         self._owns_job = job is None
         self.job = Job() if job is None else job
         #: How the child joined the job: "setns", "vfork_pdeathsig" (Linux), "job_list",
