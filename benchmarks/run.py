@@ -559,22 +559,22 @@ def _memory_cost(side, size_mib):
 
 
 FLOOR = "floor: setns spawn, no job bookkeeping"
+FLOOR_B = "floor of (b): a bare init around the floor's spawn"
 
 
-def _namespace_floor(job, argv):
-    """A diagnostic, not a product path: subprocess.Popen whose one fork_exec call is pgjob's C
-    spawn into the job's PID namespace with nothing around it (no member tracking, no events,
-    no borrow of the Job): how much of (c) the kernel's namespace path alone costs."""
+def _floor_popen_class(namespace_fds):
+    """subprocess.Popen whose one fork_exec call is pgjob's C spawn into the PID namespace
+    whose (pidns_fd, userns_fd) `namespace_fds()` gives, with nothing around it."""
     import types
     from pgjob import _jobobject, _linux_spawn, _spawn_hook
     execute_child = subprocess.Popen._execute_child
-    init = job._impl._init
     last = [-1]
 
     def fork_exec(*args):
+        pidns_fd, userns_fd = namespace_fds()
         pid, pidfd = _jobobject.spawn(
             *_linux_spawn._PICK_SPAWN_FIELDS(args + _linux_spawn._MISSING),
-            pidns_fd=init.pidns_fd, userns_fd=init.userns_fd, pdeathsig=False,
+            pidns_fd=pidns_fd, userns_fd=userns_fd, pdeathsig=False,
             chdir_marker=_linux_spawn._CHDIR_MARKER, cgroup_fd=-1, data_limit=-1)
         if last[0] >= 0:
             os.close(last[0])
@@ -587,7 +587,47 @@ def _namespace_floor(job, argv):
     class FloorPopen(subprocess.Popen):
         def _execute_child(self, *args):
             routed(self, *args)
-    return lambda: FloorPopen(argv).wait()
+    return FloorPopen
+
+
+def _namespace_floor(job, argv):
+    """A diagnostic, not a product path: subprocess.Popen whose one fork_exec call is pgjob's C
+    spawn into the job's PID namespace with nothing around it (no member tracking, no events,
+    no borrow of the Job): how much of (c) the kernel's namespace path alone costs."""
+    init = job._impl._init
+    floor_popen = _floor_popen_class(lambda: (init.pidns_fd, init.userns_fd))
+    return lambda: floor_popen(argv).wait()
+
+
+def _private_job_floor(argv):
+    """A diagnostic for (b): what a private job costs with no Python Job at all. The C calls
+    alone: start_init (clone of a new PID namespace, exec of pgjob-helper init), the
+    namespace's files opened, the floor's spawn into it, then SIGKILL to the init and its
+    reap, as Job.close() does. The gap between this row and subprocess is the kernel's
+    price of one namespace and one more process per call."""
+    import signal
+    from pgjob import _jobobject, _linux_helpers
+    flags, map_ids = _linux_helpers.namespace_flags()
+    helper = _linux_helpers.helper_path()
+    fds = [-1, -1]
+    floor_popen = _floor_popen_class(lambda: (fds[0], fds[1]))
+    kill = _jobobject.PGJOB_INIT_KILL
+
+    def once():
+        pid, pidfd, control = _jobobject.start_init(
+            clone_flags=flags, map_ids=map_ids, on_owner_exit=kill, on_eof=kill,
+            arm_pdeathsig=True, helper_path=helper)
+        fds[0] = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        fds[1] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC) if map_ids else -1
+        try:
+            floor_popen(argv).wait()
+        finally:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            for fd in (pidfd, control, *fds):
+                if fd >= 0:
+                    os.close(fd)
+    return once
 
 
 def bench_costs(quick):
@@ -625,6 +665,7 @@ def bench_costs(quick):
         "pgjob.Popen(argv).wait()": lambda: pgjob.Popen(argv).wait(),
         "job.popen(argv).wait()": lambda: job.popen(argv).wait(),
         FLOOR: _namespace_floor(job, argv),
+        FLOOR_B: _private_job_floor(argv),
     }
     rounds, batch = (6, 20) if quick else (40, 25)
     samples = {name: [] for name in contenders}
@@ -767,7 +808,7 @@ def markdown(result):
                 "| target |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         target = {"pgjob.Popen(argv).wait()": f"<= {t['popen_own_job_ratio']}x",
                   "job.popen(argv).wait()": f"<= {t['job_popen_ratio']}x",
-                  FLOOR: "diagnostic"}
+                  FLOOR: "diagnostic", FLOOR_B: "diagnostic"}
         out += [f"| `{r['contender']}` | {r['median_ms']:.3f} | {r['p10_ms']:.3f} | "
                 f"{r['p90_ms']:.3f} | {r['ratio_to_subprocess']:.2f}x | {r['cpu_ms']:.3f} | "
                 f"{r['cpu_ratio_to_subprocess']:.2f}x | {target.get(r['contender'], 'reference')} |"
