@@ -467,11 +467,16 @@ static pthread_key_t back_key;
 static pthread_once_t back_once = PTHREAD_ONCE_INIT;
 static int back_key_ok;
 
+static int raw_fstat(int fd, struct stat *st);
+
+/* At the thread's exit: close the descriptor only if it still is ours (the program may have
+ * closed the number since and opened a file of its own on it). */
 static void
 close_back_ns(void *arg)
 {
     struct back_ns *b = arg;
-    if (b->fd >= 0)
+    struct stat st;
+    if (b->fd >= 0 && raw_fstat(b->fd, &st) == 0 && st.st_dev == b->dev && st.st_ino == b->ino)
         close(b->fd);
     free(b);
 }

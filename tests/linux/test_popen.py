@@ -291,6 +291,56 @@ def test_the_way_back_survives_a_program_that_closes_and_reuses_its_number(job_f
         os.close(number)
 
 
+def test_a_thread_that_exits_closes_its_way_back_only_if_it_is_still_its_own(job_factory, tmp_path):
+    """The descriptor a spawning thread keeps (as root) is closed when the thread exits, but
+    not if the program closed that number meanwhile and opened a file of its own on it."""
+    job = job_factory(mechanism="pid_namespace", on_unavailable="raise")
+    if job._impl._init.userns_fd >= 0:
+        pytest.skip("unprivileged: a helper process enters the namespace, this thread never does")
+    own_ns = os.readlink("/proc/self/ns/pid")
+    threads_before = len(os.listdir("/proc/self/task"))
+
+    def kept_now():
+        return {int(fd) for fd, target in _open_fds().items() if target == own_ns}
+
+    # A thread that spawns and exits: its descriptor goes with it.
+    before = kept_now()
+    t = threading.Thread(target=lambda: job.popen(["true"]).wait(10))
+    t.start()
+    t.join()
+    assert wait_until(lambda: len(os.listdir("/proc/self/task")) <= max(threads_before, 1), 5)
+    assert kept_now() == before
+
+    # A thread whose number the program takes over while it lives: the file stays open.
+    spawned, leave = threading.Event(), threading.Event()
+
+    def spawn_then_wait():
+        job.popen(["true"]).wait(10)
+        spawned.set()
+        leave.wait(10)
+    t = threading.Thread(target=spawn_then_wait)
+    t.start()
+    try:
+        assert spawned.wait(10)
+        (number,) = kept_now() - before
+        os.close(number)
+        other = tmp_path / "program-file"
+        other.write_bytes(b"the program's")
+        fd = os.open(other, os.O_RDONLY)
+        if fd != number:
+            os.dup2(fd, number)
+            os.close(fd)
+    finally:
+        leave.set()
+        t.join()
+    try:
+        assert wait_until(lambda: len(os.listdir("/proc/self/task")) <= max(threads_before, 1), 5)
+        assert os.readlink(f"/proc/self/fd/{number}") == str(other)
+        assert os.pread(number, 100, 0) == b"the program's"
+    finally:
+        os.close(number)
+
+
 def test_pgjob_popen_without_job_owns_a_private_job():
     with pgjob.Popen(["sh", "-c", "exit 4"]) as p:
         assert p.job.mechanism in ("pid_namespace", "pdeathsig")
