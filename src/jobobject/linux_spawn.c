@@ -456,35 +456,79 @@ fail:
  * file's: each use checks, with fstat, that it still is that namespace, and opens it again
  * if not (it never closes a number it no longer owns). A thread that changes its own
  * pid_for_children between two spawns (unshare or setns with CLONE_NEWPID, which also
- * stops it from starting threads) gets back the one it had at its first. */
+ * stops it from starting threads) gets back the one it had at its first. A child of fork()
+ * closes every copy (pthread_atfork). */
 struct back_ns {
     int fd;
     dev_t dev;
     ino_t ino;
+    struct back_ns *prev, *next; /* every thread's, for a fork's child to let go of */
 };
 
 static pthread_key_t back_key;
 static pthread_once_t back_once = PTHREAD_ONCE_INIT;
 static int back_key_ok;
+static pthread_mutex_t back_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct back_ns *back_all;
 
 static int raw_fstat(int fd, struct stat *st);
 
-/* At the thread's exit: close the descriptor only if it still is ours (the program may have
- * closed the number since and opened a file of its own on it). */
+/* Close b's descriptor if it still is ours (the program may have closed the number since
+ * and opened a file of its own on it), and forget it either way. */
+static void
+drop_back_fd(struct back_ns *b)
+{
+    struct stat st;
+    if (b->fd >= 0 && raw_fstat(b->fd, &st) == 0 && st.st_dev == b->dev && st.st_ino == b->ino)
+        close(b->fd);
+    b->fd = -1;
+}
+
+/* At the thread's exit. */
 static void
 close_back_ns(void *arg)
 {
     struct back_ns *b = arg;
-    struct stat st;
-    if (b->fd >= 0 && raw_fstat(b->fd, &st) == 0 && st.st_dev == b->dev && st.st_ino == b->ino)
-        close(b->fd);
+    pthread_mutex_lock(&back_lock);
+    if (b->prev != NULL)
+        b->prev->next = b->next;
+    else
+        back_all = b->next;
+    if (b->next != NULL)
+        b->next->prev = b->prev;
+    pthread_mutex_unlock(&back_lock);
+    drop_back_fd(b);
     free(b);
+}
+
+/* A child of fork() holds nothing of pgjob's (tests/linux/test_spawn_regressions.py): it
+ * closes every thread's copy, the threads that did not come with it included. */
+static void
+back_before_fork(void)
+{
+    pthread_mutex_lock(&back_lock);
+}
+
+static void
+back_after_fork_in_parent(void)
+{
+    pthread_mutex_unlock(&back_lock);
+}
+
+static void
+back_after_fork_in_child(void)
+{
+    for (struct back_ns *b = back_all; b != NULL; b = b->next)
+        drop_back_fd(b);
+    pthread_mutex_unlock(&back_lock);
 }
 
 static void
 create_back_key(void)
 {
-    back_key_ok = pthread_key_create(&back_key, close_back_ns) == 0;
+    back_key_ok = pthread_key_create(&back_key, close_back_ns) == 0
+                  && pthread_atfork(back_before_fork, back_after_fork_in_parent,
+                                    back_after_fork_in_child) == 0;
 }
 
 /* fstat without glibc's fstat, which is fstat@GLIBC_2.33 when built against 2.33 or later
@@ -526,6 +570,13 @@ thread_back_ns(const char **failed)
             *failed = "pthread_setspecific";
             return -1;
         }
+        pthread_mutex_lock(&back_lock);
+        b->prev = NULL;
+        b->next = back_all;
+        if (back_all != NULL)
+            back_all->prev = b;
+        back_all = b;
+        pthread_mutex_unlock(&back_lock);
     }
     if (b->fd >= 0 && raw_fstat(b->fd, &st) == 0 && st.st_dev == b->dev && st.st_ino == b->ino)
         return b->fd;
