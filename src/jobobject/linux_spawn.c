@@ -580,18 +580,25 @@ thread_back_ns(const char **failed)
     }
     if (b->fd >= 0 && raw_fstat(b->fd, &st) == 0 && st.st_dev == b->dev && st.st_ino == b->ino)
         return b->fd;
+    /* Under the lock, so that a fork() by another thread meanwhile finds the descriptor
+     * either not yet open or recorded, and its child closes it. */
+    pthread_mutex_lock(&back_lock);
     b->fd = -1; /* closed behind our back, or the number is someone else's now: let it be */
     /* Above 2: the program's dup2 onto 0-2 happen in its own copy of the table, but it must
      * not inherit this descriptor as its stdin/stdout/stderr either. */
     int fd = pgjob_fd_above_stdio(open("/proc/thread-self/ns/pid_for_children",
                                        O_RDONLY | O_CLOEXEC));
     if (fd < 0) {
+        int saved = errno;
+        pthread_mutex_unlock(&back_lock);
         *failed = "open /proc/thread-self/ns/pid_for_children";
+        errno = saved;
         return -1;
     }
     if (raw_fstat(fd, &st) < 0) {
         int saved = errno;
         close(fd);
+        pthread_mutex_unlock(&back_lock);
         *failed = "fstat /proc/thread-self/ns/pid_for_children";
         errno = saved;
         return -1;
@@ -599,6 +606,7 @@ thread_back_ns(const char **failed)
     b->fd = fd;
     b->dev = st.st_dev;
     b->ino = st.st_ino;
+    pthread_mutex_unlock(&back_lock);
     return fd;
 }
 
