@@ -473,13 +473,21 @@ static struct back_ns *back_all;
 
 static int raw_fstat(int fd, struct stat *st);
 
-/* Close b's descriptor if it still is ours (the program may have closed the number since
- * and opened a file of its own on it), and forget it either way. */
+/* Is b's descriptor still the namespace it opened (the program may have closed the number
+ * since and opened a file of its own on it)? */
+static int
+back_fd_is_ours(const struct back_ns *b)
+{
+    struct stat st;
+    return b->fd >= 0 && raw_fstat(b->fd, &st) == 0 && st.st_dev == b->dev
+           && st.st_ino == b->ino;
+}
+
+/* Close b's descriptor if it still is ours, and forget it either way. */
 static void
 drop_back_fd(struct back_ns *b)
 {
-    struct stat st;
-    if (b->fd >= 0 && raw_fstat(b->fd, &st) == 0 && st.st_dev == b->dev && st.st_ino == b->ino)
+    if (back_fd_is_ours(b))
         close(b->fd);
     b->fd = -1;
 }
@@ -578,7 +586,7 @@ thread_back_ns(const char **failed)
         back_all = b;
         pthread_mutex_unlock(&back_lock);
     }
-    if (b->fd >= 0 && raw_fstat(b->fd, &st) == 0 && st.st_dev == b->dev && st.st_ino == b->ino)
+    if (back_fd_is_ours(b))
         return b->fd;
     /* Under the lock, so that a fork() by another thread meanwhile finds the descriptor
      * either not yet open or recorded, and its child closes it. */

@@ -259,34 +259,53 @@ def _own_namespace_depth():
         return len([line for line in f if line.startswith(b"NSpid:")][0].split()) - 1
 
 
+def _job_this_thread_enters(job_factory):
+    """A pid_namespace job whose spawns this thread makes itself (setns), keeping its way
+    back; unprivileged, a helper process enters the namespace instead: skip."""
+    job = job_factory(mechanism="pid_namespace", on_unavailable="raise")
+    if job._impl._init.userns_fd >= 0:
+        pytest.skip("unprivileged: a helper process enters the namespace, this thread never does")
+    return job
+
+
+def _way_back_fds():
+    """Our descriptors of our own PID namespace: the spawning threads' ways back."""
+    own_ns = os.readlink("/proc/self/ns/pid")
+    return {int(fd) for fd, target in _open_fds().items() if target == own_ns}
+
+
+def _take_over(number, tmp_path):
+    """What a program does that closes every descriptor and opens a file of its own: close
+    `number` and put a file on it; returns the file's path."""
+    os.close(number)
+    other = tmp_path / "program-file"
+    other.write_bytes(b"the program's")
+    fd = os.open(other, os.O_RDONLY)
+    if fd != number:
+        os.dup2(fd, number)
+        os.close(fd)
+    return other
+
+
 def test_the_way_back_survives_a_program_that_closes_and_reuses_its_number(job_factory, tmp_path):
     """As root a spawning thread keeps a descriptor of its own pid_for_children, to point
     its children back there after each spawn in a job's namespace. A program may close it
     (a daemon closing every descriptor) and get its number back for another file: the next
     spawn must still go to the job, the thread's next plain child to our own namespace, and
     the program's file must be left as it is."""
-    job = job_factory(mechanism="pid_namespace", on_unavailable="raise")
-    if job._impl._init.userns_fd >= 0:
-        pytest.skip("unprivileged: a helper process enters the namespace, this thread never does")
-    own_ns = os.readlink("/proc/self/ns/pid")
+    job = _job_this_thread_enters(job_factory)
     assert job.popen(["true"]).wait(10) == 0
-    kept = [fd for fd, target in _open_fds().items() if target == own_ns]
+    kept = _way_back_fds()
     assert len(kept) == 1, _open_fds()
-    number = int(kept[0])
-    os.close(number)
-    other = tmp_path / "program-file"
-    other.write_bytes(b"the program's")
-    fd = os.open(other, os.O_RDONLY)
+    (number,) = kept
+    other = _take_over(number, tmp_path)
     try:
-        if fd != number:
-            os.dup2(fd, number)
-            os.close(fd)
         p = job.popen(["grep", "NSpid:", "/proc/self/status"], stdout=subprocess.PIPE)
         assert len(p.communicate(timeout=10)[0].split()) - 1 == _own_namespace_depth() + 1
         assert _child_namespace_depth() == _own_namespace_depth()
         assert os.readlink(f"/proc/self/fd/{number}") == str(other)
         assert os.pread(number, 100, 0) == b"the program's"
-        assert [t for t in _open_fds().values() if t == own_ns], "no way back was opened again"
+        assert _way_back_fds(), "no way back was opened again"
     finally:
         os.close(number)
 
@@ -294,22 +313,19 @@ def test_the_way_back_survives_a_program_that_closes_and_reuses_its_number(job_f
 def test_a_thread_that_exits_closes_its_way_back_only_if_it_is_still_its_own(job_factory, tmp_path):
     """The descriptor a spawning thread keeps (as root) is closed when the thread exits, but
     not if the program closed that number meanwhile and opened a file of its own on it."""
-    job = job_factory(mechanism="pid_namespace", on_unavailable="raise")
-    if job._impl._init.userns_fd >= 0:
-        pytest.skip("unprivileged: a helper process enters the namespace, this thread never does")
-    own_ns = os.readlink("/proc/self/ns/pid")
+    job = _job_this_thread_enters(job_factory)
     threads_before = len(os.listdir("/proc/self/task"))
 
-    def kept_now():
-        return {int(fd) for fd, target in _open_fds().items() if target == own_ns}
+    def threads_gone():
+        return wait_until(lambda: len(os.listdir("/proc/self/task")) <= max(threads_before, 1), 5)
 
     # A thread that spawns and exits: its descriptor goes with it.
-    before = kept_now()
+    before = _way_back_fds()
     t = threading.Thread(target=lambda: job.popen(["true"]).wait(10))
     t.start()
     t.join()
-    assert wait_until(lambda: len(os.listdir("/proc/self/task")) <= max(threads_before, 1), 5)
-    assert kept_now() == before
+    assert threads_gone()
+    assert _way_back_fds() == before
 
     # A thread whose number the program takes over while it lives: the file stays open.
     spawned, leave = threading.Event(), threading.Event()
@@ -322,19 +338,13 @@ def test_a_thread_that_exits_closes_its_way_back_only_if_it_is_still_its_own(job
     t.start()
     try:
         assert spawned.wait(10)
-        (number,) = kept_now() - before
-        os.close(number)
-        other = tmp_path / "program-file"
-        other.write_bytes(b"the program's")
-        fd = os.open(other, os.O_RDONLY)
-        if fd != number:
-            os.dup2(fd, number)
-            os.close(fd)
+        (number,) = _way_back_fds() - before
+        other = _take_over(number, tmp_path)
     finally:
         leave.set()
         t.join()
     try:
-        assert wait_until(lambda: len(os.listdir("/proc/self/task")) <= max(threads_before, 1), 5)
+        assert threads_gone()
         assert os.readlink(f"/proc/self/fd/{number}") == str(other)
         assert os.pread(number, 100, 0) == b"the program's"
     finally:
